@@ -1,0 +1,74 @@
+"""`dicomfleet convert`: the whole chain on one machine, a process pool, files on disk."""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from shared.chain import SeriesJob, convert_series
+from shared.options import ConvertOptions
+
+from .scan import Series, scan
+
+
+def series_prefix(series: Series, opts: ConvertOptions) -> str:
+    """`<study>/<series>`: pseudonymous UIDs when de-identifying, the file's own otherwise."""
+    if opts.deid:
+        from shared.deid import pseudonymous_prefix  # delivered with de-identification
+
+        return pseudonymous_prefix(series.study_uid, series.series_uid)
+    return f"{series.study_uid}/{series.series_uid}"
+
+
+@dataclass
+class RunSummary:
+    series: int = 0
+    instances: int = 0
+    outputs: int = 0
+    failures: list[tuple[str, int, str]] = field(default_factory=list)  # (series prefix, index, reason)
+    skipped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def converted(self) -> int:
+        return self.instances - len(self.failures)
+
+
+def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: int = 1,
+              progress=None) -> RunSummary:
+    """Scan, then convert series by series; manifests land as each series completes."""
+    started = time.perf_counter()
+    summary = RunSummary()
+    found = scan(sources)
+    summary.skipped = found.skipped
+    total = sum(len(s.instances) for s in found.series)
+    if progress is not None:
+        progress.start(total)
+    with ExitStack() as stack:
+        map_fn = map
+        if workers > 1 and total > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            map_fn = lambda fn, items: pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers))))  # noqa: E731
+        for series in found.series:
+            prefix = series_prefix(series, opts)
+            job = SeriesJob(prefix, [i.source for i in series.instances], dest, opts)
+
+            def on_record(record: dict, prefix: str = prefix) -> None:
+                summary.instances += 1
+                summary.outputs += len(record["outputs"])
+                if record["error"]:
+                    summary.failures.append((prefix, record["index"], record["error"]["reason"]))
+                if progress is not None:
+                    progress.advance()
+
+            convert_series(job, map_fn=map_fn, on_record=on_record)
+            summary.series += 1
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -1,0 +1,124 @@
+"""Find DICOM instances under the given sources (headers only), group them into series and
+order each series along the slice normal, so output numbers follow anatomy, not file names."""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared.dataset import read_header
+from shared.errors import DicomfleetError
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What scanning learns of one file: enough to group, order and name, no pixel data."""
+
+    source: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    instance_number: int | None
+    position: float | None  # ImagePositionPatient · slice normal, in mm
+
+
+@dataclass
+class Series:
+    study_uid: str
+    series_uid: str
+    instances: list[Instance] = field(default_factory=list)
+
+
+@dataclass
+class ScanResult:
+    series: list[Series]
+    skipped: Counter  # reason → count (no paths: they may hold PHI)
+
+
+def iter_files(sources: Iterable[str]) -> Iterator[str]:
+    """Every regular file under the sources, recursively, in a stable order."""
+    for src in sources:
+        if os.path.isdir(src):
+            for root, dirs, files in os.walk(src):
+                dirs.sort()
+                for name in sorted(files):
+                    yield os.path.join(root, name)
+        elif os.path.isfile(src):
+            yield src
+        else:
+            raise FileNotFoundError(src)
+
+
+def _slice_position(ds) -> float | None:
+    try:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if iop.size != 6 or ipp.size != 3:
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    return float(ipp @ normal) if np.linalg.norm(normal) > 0.5 else None
+
+
+def _instance_number(ds) -> int | None:
+    try:
+        return int(ds.InstanceNumber)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _derived_uid(*parts: str) -> str:
+    """A stable UID for files that lack one (2.25 form), derived without exposing the parts."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def read_instance(path: str) -> Instance | str:
+    """An Instance, or a one-line reason why the file is skipped."""
+    try:
+        with open(path, "rb") as fh:
+            ds = read_header(fh)
+    except DicomfleetError as err:
+        return "not DICOM" if err.code == "not_dicom" else err.code
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    if "Rows" not in ds:
+        return "DICOM without an image (e.g. SR, RT plan)"
+    study = str(ds.get("StudyInstanceUID", "") or "") or _derived_uid("study", path)
+    series = str(ds.get("SeriesInstanceUID", "") or "") or _derived_uid("series", path)
+    sop = str(ds.get("SOPInstanceUID", "") or "") or _derived_uid("sop", path)
+    return Instance(path, study, series, sop, _instance_number(ds), _slice_position(ds))
+
+
+def order_instances(instances: list[Instance]) -> list[Instance]:
+    """Spatial order along the slice normal when every instance has a position, else by
+    InstanceNumber; ties and gaps fall back to the SOP Instance UID for stability."""
+    if instances and all(i.position is not None for i in instances):
+        return sorted(instances, key=lambda i: (i.position, i.instance_number or 0, i.sop_uid))
+    return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid))
+
+
+def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None) -> ScanResult:
+    """Read headers under the sources; one Series per (study, series), instances in order."""
+    groups: dict[tuple[str, str], dict[str, Instance]] = defaultdict(dict)
+    skipped: Counter = Counter()
+    for path in iter_files(sources):
+        found = read_instance(path)
+        if on_file:
+            on_file()
+        if isinstance(found, str):
+            skipped[found] += 1
+            continue
+        members = groups[(found.study_uid, found.series_uid)]
+        if found.sop_uid in members:
+            skipped["duplicate SOP Instance UID"] += 1
+            continue
+        members[found.sop_uid] = found
+    series = [Series(study, ser, order_instances(list(members.values())))
+              for (study, ser), members in sorted(groups.items())]
+    return ScanResult(series, skipped)

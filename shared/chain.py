@@ -1,0 +1,155 @@
+"""The conversion chain for one instance and for one series (DESIGN.md, "The chain").
+
+`convert_dataset` is pure (dataset in, encoded outputs out). `convert_instance` adds the I/O edges
+(read the source, write outputs) and returns a JSON record; `convert_series` maps it over a series
+with any ``map`` (inline, a process pool, a Celery worker) and writes the manifest last.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from .dataset import decode_pixels, read_dataset
+from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
+from .errors import DicomfleetError, Transient
+from .manifest import build_manifest, manifest_key
+from .options import ConvertOptions, Format
+from .pixels import apply_modality_lut, render_8bit
+from .pixels.render import is_colour
+from .store import Store, open_store, read_source
+from .verify import sha256, verify_lossless, verify_lossy
+
+
+@dataclass
+class Output:
+    """One encoded file, before it is written."""
+
+    format: Format
+    data: bytes
+    frame: int | None = None
+    verification: str | dict = "lossless"
+    extra: dict = field(default_factory=dict)
+
+    def name(self, index: int) -> str:
+        frame = f"_f{self.frame:03d}" if self.frame is not None else ""
+        return f"{index:04d}{frame}.{self.format.extension}"
+
+
+def _frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
+    """Split a decoded instance into frames (pydicom puts frames first when NumberOfFrames > 1)."""
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    return list(arr) if nframes > 1 else [arr]
+
+
+def convert_dataset(ds: Dataset, opts: ConvertOptions) -> tuple[list[Output], dict]:
+    """Decode, render, encode and verify every requested output of one instance (no I/O)."""
+    arr = decode_pixels(ds, max_pixels=opts.max_pixels)
+    frames = _frames(arr, ds)
+    multi = len(frames) > 1
+    colour = is_colour(ds)
+    info: dict = {"frames": len(frames), "rows": int(ds.Rows), "columns": int(ds.Columns),
+                  "photometric": str(ds.get("PhotometricInterpretation", ""))}
+    outputs: list[Output] = []
+    wanted = set(opts.formats)
+    for number, frame in enumerate(frames, start=1):
+        tag = number if multi else None
+        if wanted & {Format.PNG, Format.JPEG}:
+            img, window = render_8bit(frame, ds, window=opts.window_spec)
+            if window is not None and "window" not in info:
+                info["window"] = window.describe()
+            if Format.PNG in wanted:
+                buf = encode_png(img)
+                outputs.append(Output(Format.PNG, buf, tag, verify_lossless("png", buf, img)))
+            if Format.JPEG in wanted:
+                buf = encode_jpeg(img, opts.quality)
+                outputs.append(Output(Format.JPEG, buf, tag, {"ssim": verify_lossy(buf, img)}))
+        if Format.PNG16 in wanted:
+            stored = frame if not colour or frame.dtype.itemsize <= 2 else frame
+            u16, offset = to_png16(stored)
+            buf = encode_png(u16, {"dicomfleet:offset": str(offset)})
+            outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
+                                  {"offset": offset}))
+    if Format.TIFF in wanted:
+        buf = encode_tiff(arr, rgb=colour and arr.shape[-1] == 3)
+        outputs.append(Output(Format.TIFF, buf, None, verify_lossless("tiff", buf, arr)))
+    if Format.NPY in wanted:
+        values = arr if colour else np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        buf = encode_npy(values)
+        outputs.append(Output(Format.NPY, buf, None, verify_lossless("npy", buf, values)))
+    return outputs, info
+
+
+def instance_task(source: str, index: int, prefix: str, dest: str, options: dict) -> dict:
+    """The JSON unit of work for one instance: what a pool or a worker needs, and no PHI."""
+    return {"source": source, "index": index, "prefix": prefix, "dest": dest, "options": options}
+
+
+def convert_instance(task: dict) -> dict:
+    """Read one source, convert it, write its outputs; return its manifest record.
+
+    Permanent input errors become a recorded failure; transient storage errors propagate so the
+    caller (pool or Celery task) can retry the series.
+    """
+    opts = ConvertOptions.from_json(task["options"])
+    store = open_store(task["dest"])
+    index, prefix = int(task["index"]), task["prefix"].rstrip("/")
+    record: dict = {"index": index, "source_sha256": None, "outputs": [], "error": None}
+    started = time.perf_counter()
+    try:
+        data = read_source(task["source"])
+        record["source_sha256"] = sha256(data)
+        ds = read_dataset(data)
+        outputs, info = convert_dataset(ds, opts)
+        record.update(info)
+        for out in outputs:
+            key = f"{prefix}/{out.name(index)}"
+            store.write(key, out.data)
+            entry = {"path": key, "format": out.format.value, "sha256": sha256(out.data),
+                     "size": len(out.data), "frame": out.frame, "verification": out.verification}
+            entry.update(out.extra)
+            record["outputs"].append(entry)
+    except Transient:
+        raise
+    except DicomfleetError as err:
+        record["error"] = {"code": err.code, "reason": str(err)}
+    record["seconds"] = round(time.perf_counter() - started, 4)
+    return record
+
+
+@dataclass
+class SeriesJob:
+    """One series: its output prefix (pseudonymous study/series) and its instances in order."""
+
+    prefix: str
+    sources: list[str]
+    dest: str
+    options: ConvertOptions
+
+    def tasks(self) -> list[dict]:
+        opts = self.options.to_json()
+        return [instance_task(src, i, self.prefix, self.dest, opts)
+                for i, src in enumerate(self.sources, start=1)]
+
+
+def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Iterator] = map,
+                   on_record: Callable[[dict], None] | None = None) -> dict:
+    """Convert every instance, then write the manifest last (the series' commit marker)."""
+    records = []
+    for record in map_fn(convert_instance, job.tasks()):
+        records.append(record)
+        if on_record:
+            on_record(record)
+    manifest = build_manifest(job.prefix, records, job.options)
+    store: Store = open_store(job.dest)
+    store.write(manifest_key(job.prefix), manifest_bytes(manifest))
+    return manifest
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    import json
+
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()

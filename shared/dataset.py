@@ -1,0 +1,157 @@
+"""Parsing DICOM bytes and decoding pixels safely: clear reasons, budgets checked before allocation."""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError as PydicomInvalid
+
+from .errors import (
+    InvalidDicomError,
+    NoPixelDataError,
+    NotDicomError,
+    PixelBudgetError,
+    UnsupportedError,
+)
+
+#: Attributes the scanner needs to group and order instances; read without pixel data.
+HEADER_TAGS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
+    "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "Rows", "Columns",
+    "SamplesPerPixel", "BitsAllocated", "Modality", "PhotometricInterpretation",
+)
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _read(fp: BinaryIO, **kwargs) -> Dataset:
+    """dcmread that accepts files without preamble/meta but refuses what is not DICOM at all."""
+    start = fp.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(fp, **kwargs)
+    except PydicomInvalid:
+        pass
+    except Exception as err:  # pydicom raises many types on garbage; the reason is what matters
+        raise NotDicomError(f"not a DICOM file ({type(err).__name__}: {_first_line(err)})") from err
+    fp.seek(start)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, force=True, **kwargs)
+            ds_ok = len(ds) > 0 and ("SOPClassUID" in ds or "Rows" in ds) and _plausible(ds)
+    except Exception as err:
+        raise NotDicomError("not a DICOM file (no DICM preamble and not a raw dataset)") from err
+    if not ds_ok:
+        raise NotDicomError("not a DICOM file (no DICM preamble and not a raw dataset)")
+    return ds
+
+
+def _plausible(ds: Dataset) -> bool:
+    """A forced parse of random bytes yields nonsense tags; real raw datasets start in groups 0008+."""
+    tags = list(ds.keys())
+    return bool(tags) and tags[0].group in (0x0002, 0x0008) and all(t.group < 0xFFFE for t in tags)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:160] if text else type(err).__name__
+
+
+def read_header(fp: BinaryIO) -> Dataset:
+    """Read only the attributes needed to group and order instances (no pixel data)."""
+    return _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse a whole instance from its bytes; raise NotDicomError/InvalidDicomError with a reason."""
+    if not data:
+        raise NotDicomError("empty file")
+    ds = _read(io.BytesIO(data))
+    try:  # force the lazy parse of every top-level element so truncation shows here, not later
+        for _ in ds.iterall():
+            pass
+    except Exception as err:
+        raise InvalidDicomError(f"truncated or corrupt dataset ({_first_line(err)})") from err
+    return ds
+
+
+def _int_tag(ds: Dataset, keyword: str, tag: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is not None:
+            return default
+        raise InvalidDicomError(f"({tag}) {keyword} is missing")
+    try:
+        ivalue = int(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidDicomError(f"({tag}) {keyword} has invalid value {value!r}") from err
+    if ivalue < 1:
+        raise InvalidDicomError(f"({tag}) {keyword} must be positive, got {ivalue}")
+    return ivalue
+
+
+def pixel_geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
+    """(frames, rows, columns, samples, bits allocated), validated from the header."""
+    rows = _int_tag(ds, "Rows", "0028,0010")
+    cols = _int_tag(ds, "Columns", "0028,0011")
+    frames = _int_tag(ds, "NumberOfFrames", "0028,0008", default=1)
+    spp = _int_tag(ds, "SamplesPerPixel", "0028,0002", default=1)
+    bits = _int_tag(ds, "BitsAllocated", "0028,0100")
+    if spp not in (1, 3):
+        raise UnsupportedError(f"(0028,0002) Samples per Pixel {spp} is not 1 or 3")
+    if bits not in (1, 8, 16, 32, 64):
+        raise UnsupportedError(f"(0028,0100) Bits Allocated {bits} is not supported")
+    return frames, rows, cols, spp, bits
+
+
+def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
+    """Refuse absurd or lying headers before any decoder allocates memory for them."""
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        raise NoPixelDataError(f"no pixel data (SOP class {_sop_class_name(ds)})")
+    frames, rows, cols, spp, bits = pixel_geometry(ds)
+    samples = frames * rows * cols * spp
+    if samples > max_pixels:
+        raise PixelBudgetError(
+            f"{frames} frame(s) × {rows} × {cols} × {spp} sample(s) = {samples} samples exceeds "
+            f"the pixel budget of {max_pixels} (DICOMFLEET_MAX_PIXELS)"
+        )
+    elem = ds[keyword]
+    if keyword == "PixelData" and ds.file_meta.get("TransferSyntaxUID", None) is not None:
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            return
+    per_sample_bits = bits
+    if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422" and keyword == "PixelData":
+        samples = samples * 2 // 3
+    expected = (samples * per_sample_bits + 7) // 8
+    held = len(elem.value) if elem.value is not None else 0
+    if held < expected:
+        raise PixelBudgetError(
+            f"(7FE0,0010) Pixel Data holds {held} bytes but the header declares {expected} "
+            f"({frames} frame(s) × {rows} × {cols} × {spp} sample(s) × {bits} bits); truncated file?"
+        )
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return getattr(uid, "name", None) or str(uid or "unknown")
+
+
+def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
+    """Decoded pixels as pydicom gives them (YBR already RGB), after the budget check."""
+    check_pixel_budget(ds, max_pixels)
+    ts = ds.file_meta.get("TransferSyntaxUID", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except NotImplementedError as err:
+        name = getattr(ts, "name", None) or str(ts)
+        raise UnsupportedError(f"cannot decode transfer syntax {name}: {_first_line(err)}") from err
+    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError) as err:
+        raise InvalidDicomError(f"pixel data could not be decoded ({_first_line(err)})") from err

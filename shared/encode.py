@@ -1,0 +1,80 @@
+"""Encoders, one per output format: arrays in, bytes out; metadata only from a whitelist."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import tifffile
+
+from . import __version__
+
+SOFTWARE = f"dicomfleet {__version__}"
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def add_png_text(png: bytes, text: dict[str, str]) -> bytes:
+    """Insert tEXt chunks right after IHDR (Latin-1 keys ≤79 chars, as PNG requires)."""
+    if not text:
+        return png
+    ihdr_end = 8 + 8 + 13 + 4
+    chunks = b"".join(
+        _png_chunk(b"tEXt", k.encode("latin-1")[:79] + b"\0" + v.encode("latin-1", "replace"))
+        for k, v in text.items()
+    )
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def _bgr(img: np.ndarray) -> np.ndarray:
+    return img[..., ::-1] if img.ndim == 3 else img
+
+
+def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """8- or 16-bit PNG (grey or RGB), zlib level 1: the speed/size point DCMTK users expect."""
+    ok, buf = cv2.imencode(".png", _bgr(img), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV only fails on unsupported shapes we never pass
+        raise ValueError(f"PNG encoder refused an array of shape {img.shape} and dtype {img.dtype}")
+    return add_png_text(buf.tobytes(), {"Software": SOFTWARE, **(text or {})})
+
+
+def png16_offset(arr: np.ndarray) -> int:
+    """The offset that maps a stored dtype onto unsigned 16 bits losslessly (signed → +32768)."""
+    if arr.dtype.kind == "i":
+        return 1 << (8 * arr.dtype.itemsize - 1)
+    return 0
+
+
+def to_png16(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    """Stored values as uint16 plus the offset added; None-safe for ≤16-bit integers only."""
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
+        raise ValueError(f"png16 holds integers of at most 16 bits, not {arr.dtype}")
+    offset = png16_offset(arr)
+    if offset:
+        return (arr.astype(np.int32) + offset).astype(np.uint16), offset
+    return arr.astype(np.uint16, copy=False), 0
+
+
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", _bgr(img), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover
+        raise ValueError(f"JPEG encoder refused an array of shape {img.shape}")
+    return buf.tobytes()
+
+
+def encode_tiff(arr: np.ndarray, *, rgb: bool) -> bytes:
+    """Stored values bit-exact with their dtype; frames become pages."""
+    out = io.BytesIO()
+    tifffile.imwrite(out, arr, photometric="rgb" if rgb else "minisblack", software=SOFTWARE,
+                     metadata=None)
+    return out.getvalue()
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(arr), allow_pickle=False)
+    return out.getvalue()

@@ -1,0 +1,77 @@
+"""The project's exception hierarchy: every failure carries a one-line, PHI-free reason.
+
+`Permanent` errors are properties of the input (retrying cannot help); `Transient` errors are
+faults of the environment (storage, broker) that a retry with backoff may cure.
+"""
+from __future__ import annotations
+
+
+class DicomfleetError(Exception):
+    """Base class; ``str(err)`` is the one-line reason shown to users and recorded in manifests."""
+
+    #: short, stable, low-cardinality code (used as a metrics label and in the manifest)
+    code = "error"
+
+
+class Permanent(DicomfleetError):
+    """The input itself is at fault; the same input will fail the same way again."""
+
+
+class Transient(DicomfleetError):
+    """The environment is at fault (storage, network, broker); a retry may succeed."""
+
+    code = "transient"
+
+
+class NotDicomError(Permanent):
+    """The bytes are not a DICOM dataset (no preamble/meta and not parseable)."""
+
+    code = "not_dicom"
+
+
+class InvalidDicomError(Permanent):
+    """The dataset parses but is truncated or contradicts itself."""
+
+    code = "invalid"
+
+
+class NoPixelDataError(Permanent):
+    """The dataset has no image to convert (SR, RT plan, waveform…)."""
+
+    code = "no_pixels"
+
+
+class UnsupportedError(Permanent):
+    """A transfer syntax, photometric interpretation or pixel layout we cannot decode."""
+
+    code = "unsupported"
+
+
+class PixelBudgetError(Permanent):
+    """The header declares more pixels than the configured budget or than its data holds."""
+
+    code = "pixel_budget"
+
+
+class BurnedInAnnotationError(Permanent):
+    """The image is likely to show burned-in identifying text and masking was not requested."""
+
+    code = "burned_in"
+
+
+class VerificationError(Permanent):
+    """An output did not decode back to what was written (a bug, never silently accepted)."""
+
+    code = "verify"
+
+
+class ConfigError(DicomfleetError):
+    """A setting or option is invalid; raised before any work starts."""
+
+    code = "config"
+
+
+class StorageError(Transient):
+    """A storage backend could not be read or written."""
+
+    code = "storage"

@@ -1,0 +1,36 @@
+"""The per-series manifest: what was done, with hashes; written last as the commit marker.
+
+Deterministic: no timestamps or host names, so a re-run writes the same bytes to the same key.
+"""
+from __future__ import annotations
+
+from . import __version__
+from .options import ConvertOptions
+
+SCHEMA = 1
+
+
+def manifest_key(prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/manifest.json"
+
+
+def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions) -> dict:
+    records = sorted(records, key=lambda r: r["index"])
+    instances = [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    failures = [{"index": r["index"], "source_sha256": r["source_sha256"], **r["error"]}
+                for r in records if r["error"]]
+    return {
+        "schema": SCHEMA,
+        "software": {"name": "dicomfleet", "version": __version__},
+        "series": prefix,
+        "parameters": opts.to_json(),
+        "deidentified": opts.deid,
+        "counts": {
+            "instances": len(records),
+            "converted": sum(1 for r in records if not r["error"]),
+            "failed": len(failures),
+            "outputs": sum(len(r["outputs"]) for r in records),
+        },
+        "instances": instances,
+        "errors": failures,
+    }

@@ -1,0 +1,121 @@
+"""Conversion parameters: one validated, JSON-serialisable value shared by CLI, pool and workers."""
+from __future__ import annotations
+
+import enum
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from .errors import ConfigError
+
+ENV_PREFIX = "DICOMFLEET_"
+
+
+class Format(str, enum.Enum):
+    """Output formats; the value is the CLI spelling and the file extension's stem."""
+
+    PNG = "png"
+    PNG16 = "png16"
+    JPEG = "jpeg"
+    TIFF = "tiff"
+    NPY = "npy"
+
+    @property
+    def extension(self) -> str:
+        return {"png16": "u16.png", "jpeg": "jpg"}.get(self.value, self.value)
+
+    @property
+    def lossless(self) -> bool:
+        return self is not Format.JPEG
+
+    @property
+    def rendered(self) -> bool:
+        """True when the output is the 8-bit display rendering (window applied)."""
+        return self in (Format.PNG, Format.JPEG)
+
+
+#: Common CT presets, (center, width) in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+WINDOW_MODES = ("default", "auto")
+_CW = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*,\s*(\d+(?:\.\d+)?)\s*$")
+
+DEFAULT_MAX_PIXELS = 1 << 28  # samples per instance (256 Mi: ~512 MiB of 16-bit data)
+
+
+def parse_window(value: str) -> str | tuple[float, float]:
+    """Validate a ``--window`` value: a mode, a preset name, or ``C,W`` with W >= 1."""
+    v = value.strip().lower()
+    if v in WINDOW_MODES:
+        return v
+    if v in WINDOW_PRESETS:
+        return WINDOW_PRESETS[v]
+    m = _CW.match(v)
+    if m:
+        center, width = float(m.group(1)), float(m.group(2))
+        if width < 1:
+            raise ConfigError(f"window width must be >= 1, got {value!r}")
+        return center, width
+    choices = ", ".join([*WINDOW_MODES, *WINDOW_PRESETS, "C,W"])
+    raise ConfigError(f"invalid window {value!r}: expected one of {choices}")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to produce from each instance; identical on every process that runs the chain."""
+
+    formats: tuple[Format, ...] = (Format.PNG,)
+    window: str = "default"
+    quality: int = 95
+    deid: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            fmts = tuple(Format(f) for f in self.formats)
+        except ValueError as err:
+            raise ConfigError(f"invalid format in {list(self.formats)!r}: {err}") from err
+        if not fmts:
+            raise ConfigError("at least one --format is required")
+        object.__setattr__(self, "formats", tuple(dict.fromkeys(fmts)))
+        parse_window(self.window)
+        if not 1 <= int(self.quality) <= 100:
+            raise ConfigError(f"quality must be 1..100, got {self.quality!r}")
+        if int(self.max_pixels) < 1:
+            raise ConfigError(f"max_pixels must be positive, got {self.max_pixels!r}")
+
+    @property
+    def window_spec(self) -> str | tuple[float, float]:
+        return parse_window(self.window)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["formats"] = [f.value for f in self.formats]
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ConvertOptions":
+        if not isinstance(data, dict):
+            raise ConfigError(f"options must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)!r}")
+        return cls(**{**data, "formats": tuple(data.get("formats", ("png",)))})
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read ``DICOMFLEET_<NAME>``; ``DICOMFLEET_<NAME>_FILE`` points at a file holding the value."""
+    key = ENV_PREFIX + name
+    path = os.environ.get(key + "_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as err:
+            raise ConfigError(f"{key}_FILE: cannot read the file it names ({err.strerror})") from err
+    return os.environ.get(key, default)

@@ -1,0 +1,112 @@
+"""The 8-bit display rendering: modality LUT → VOI → presentation (grey), or colour → RGB.
+
+Integer images up to 16 bits go through one lookup table built over every possible stored value,
+so a slice costs one ``np.take``; the table is cached across slices that share their parameters.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_color_lut
+
+from ..errors import InvalidDicomError, UnsupportedError
+from .modality import apply_modality_lut, has_modality_lut, rescale_of
+from .voi import Window, apply_window, select_window, window_from_histogram
+
+
+def stored_domain(dtype: np.dtype) -> np.ndarray:
+    """Every value an integer dtype of ≤16 bits can hold, in the order of its unsigned view."""
+    dtype = np.dtype(dtype)
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    values = np.arange(1 << (8 * dtype.itemsize), dtype=unsigned)
+    return values.view(dtype)
+
+
+def inverts(ds: Dataset) -> bool:
+    """MONOCHROME1 or Presentation LUT Shape INVERSE: low values display bright (PS3.3 C.11.6)."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
+def _to_uint8(display: np.ndarray, invert: bool) -> np.ndarray:
+    if invert:
+        display = 255.0 - display
+    return display.astype(np.uint8)  # truncation, as DCMTK does
+
+
+@lru_cache(maxsize=32)
+def _linear_table(dtype: str, slope: float, intercept: float, window: Window, invert: bool) -> np.ndarray:
+    domain = stored_domain(np.dtype(dtype)).astype(np.float64) * slope + intercept
+    table = _to_uint8(apply_window(domain, window), invert)
+    table.setflags(write=False)
+    return table
+
+
+def _data_window(modality: np.ndarray, counts: np.ndarray | None, mode: str) -> Window:
+    if counts is None:
+        values, counts = np.unique(modality[np.isfinite(modality)], return_counts=True)
+    else:
+        nz = np.flatnonzero(counts)
+        values, counts = modality[nz], counts[nz]
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+    return window_from_histogram(np.asarray(values, dtype=np.float64), counts, mode)
+
+
+def render_grey(arr: np.ndarray, ds: Dataset, *, window: str | tuple[float, float]) -> tuple[np.ndarray, Window]:
+    """Monochrome stored values → uint8 display values and the window that was used."""
+    chosen = select_window(ds, window)
+    invert = inverts(ds)
+    mode = "minmax" if window == "default" else str(window)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        index = arr.view(f"u{arr.dtype.itemsize}")
+        if chosen is not None and not has_modality_lut(ds):
+            slope, intercept = rescale_of(ds)
+            return _linear_table(arr.dtype.str, slope, intercept, chosen, invert)[index], chosen
+        modality = np.asarray(apply_modality_lut(stored_domain(arr.dtype), ds), dtype=np.float64)
+        if chosen is None:
+            counts = np.bincount(index.ravel(), minlength=modality.size)
+            chosen = _data_window(modality, counts, mode)
+        return _to_uint8(apply_window(modality, chosen), invert)[index], chosen
+    if arr.dtype.kind not in "iuf":
+        raise UnsupportedError(f"pixel dtype {arr.dtype} cannot be rendered")
+    modality = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    if chosen is None:
+        chosen = _data_window(modality, None, mode)
+    return _to_uint8(apply_window(np.nan_to_num(modality), chosen), invert), chosen
+
+
+def _scale_to_8bit(rgb: np.ndarray, bits: int) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    top = (1 << bits) - 1
+    return ((rgb.astype(np.float64) * 255.0 / top) + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def render_colour(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """PALETTE COLOR or RGB (YBR already converted by the decoder) → uint8 RGB."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(arr, ds)
+        except Exception as err:
+            raise InvalidDicomError(f"(0028,1101-1103) palette colour lookup tables are unusable ({err})") from err
+        bits = int(ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 8])[2])
+        return _scale_to_8bit(rgb, 16 if rgb.dtype != np.uint8 and bits not in (8, 16) else bits)
+    bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8) or 8)
+    return _scale_to_8bit(arr, bits)
+
+
+def is_colour(ds: Dataset) -> bool:
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    return int(ds.get("SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR"
+
+
+def render_8bit(arr: np.ndarray, ds: Dataset, *, window: str | tuple[float, float] = "default") -> tuple[np.ndarray, Window | None]:
+    """Decoded pixels → what a viewer shows, as uint8 (grey H×W or RGB H×W×3, frames leading)."""
+    if is_colour(ds):
+        return render_colour(arr, ds), None
+    return render_grey(arr, ds, window=window)
