@@ -48,7 +48,7 @@ class _Bar:
 
 
 def _usage(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -56,11 +56,11 @@ def print_summary(s: RunSummary) -> None:
     rate = s.instances / s.seconds if s.seconds else 0.0
     err.print(
         f"{s.series} series, {s.instances} instances, {s.converted} converted, {s.outputs} outputs, "
-        f"{len(s.failures)} failed in {s.seconds:.1f} s ({rate:.1f} instances/s)", highlight=False)
+        f"{len(s.failures)} failed in {s.seconds:.1f} s ({rate:.1f} instances/s)", highlight=False, soft_wrap=True)
     for reason, count in sorted(s.skipped.items()):
-        err.print(f"  skipped {count} file(s): {reason}", highlight=False)
+        err.print(f"  skipped {count} file(s): {reason}", highlight=False, soft_wrap=True)
     for prefix, index, reason in s.failures:
-        err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False)
+        err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -99,26 +99,27 @@ def order_instances(instances: list[Instance]) -> list[Instance]:
     """Spatial order along the slice normal when every instance has a position, else by
     InstanceNumber; ties and gaps fall back to the SOP Instance UID for stability."""
     if instances and all(i.position is not None for i in instances):
-        return sorted(instances, key=lambda i: (i.position, i.instance_number or 0, i.sop_uid))
-    return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid))
+        return sorted(instances, key=lambda i: (i.position, i.instance_number or 0, i.sop_uid, i.source))
+    return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid, i.source))
 
 
 def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None) -> ScanResult:
     """Read headers under the sources; one Series per (study, series), instances in order."""
-    groups: dict[tuple[str, str], dict[str, Instance]] = defaultdict(dict)
+    groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
     skipped: Counter = Counter()
+    seen: set[str] = set()
     for path in iter_files(sources):
+        real = os.path.realpath(path)
+        if real in seen:  # the same file named twice (overlapping sources, symlinks)
+            continue
+        seen.add(real)
         found = read_instance(path)
         if on_file:
             on_file()
         if isinstance(found, str):
             skipped[found] += 1
             continue
-        members = groups[(found.study_uid, found.series_uid)]
-        if found.sop_uid in members:
-            skipped["duplicate SOP Instance UID"] += 1
-            continue
-        members[found.sop_uid] = found
-    series = [Series(study, ser, order_instances(list(members.values())))
+        groups[(found.study_uid, found.series_uid)].append(found)
+    series = [Series(study, ser, order_instances(members))
               for (study, ser), members in sorted(groups.items())]
     return ScanResult(series, skipped)

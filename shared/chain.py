@@ -55,6 +55,11 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions) -> tuple[list[Output], di
                   "photometric": str(ds.get("PhotometricInterpretation", ""))}
     outputs: list[Output] = []
     wanted = set(opts.formats)
+    if Format.PNG16 in wanted and (arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2):
+        wanted.discard(Format.PNG16)  # the other formats still get made: nothing is lost
+        info["format_errors"] = [{"format": "png16", "reason":
+                                  f"holds integers of at most 16 bits; these pixels are "
+                                  f"{arr.dtype.name} (use --format tiff or npy)"}]
     for number, frame in enumerate(frames, start=1):
         tag = number if multi else None
         if wanted & {Format.PNG, Format.JPEG}:
@@ -68,8 +73,7 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions) -> tuple[list[Output], di
                 buf = encode_jpeg(img, opts.quality)
                 outputs.append(Output(Format.JPEG, buf, tag, {"ssim": verify_lossy(buf, img)}))
         if Format.PNG16 in wanted:
-            stored = frame if not colour or frame.dtype.itemsize <= 2 else frame
-            u16, offset = to_png16(stored)
+            u16, offset = to_png16(frame)
             buf = encode_png(u16, {"dicomfleet:offset": str(offset)})
             outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
                                   {"offset": offset}))
@@ -104,7 +108,11 @@ def convert_instance(task: dict) -> dict:
         record["source_sha256"] = sha256(data)
         ds = read_dataset(data)
         outputs, info = convert_dataset(ds, opts)
+        format_errors = info.pop("format_errors", None)
         record.update(info)
+        if format_errors:
+            record["error"] = {"code": "unsupported",
+                               "reason": "; ".join(f"{e['format']}: {e['reason']}" for e in format_errors)}
         for out in outputs:
             key = f"{prefix}/{out.name(index)}"
             store.write(key, out.data)
@@ -116,6 +124,9 @@ def convert_instance(task: dict) -> dict:
         raise
     except DicomfleetError as err:
         record["error"] = {"code": err.code, "reason": str(err)}
+    except Exception as err:  # a bug of ours must cost one instance, never the worker or series
+        reason = " ".join(str(err).split())[:200]
+        record["error"] = {"code": "internal", "reason": f"internal error ({type(err).__name__}: {reason})"}
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record
 

@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom import config as _pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 
@@ -17,6 +18,10 @@ from .errors import (
     PixelBudgetError,
     UnsupportedError,
 )
+
+# Real archives are full of slightly invalid values; we validate what we use, with reasons of
+# our own, instead of letting pydicom print a warning per element to the user's terminal.
+_pydicom_config.settings.reading_validation_mode = _pydicom_config.IGNORE
 
 #: Attributes the scanner needs to group and order instances; read without pixel data.
 HEADER_TAGS = (
@@ -57,9 +62,11 @@ def _plausible(ds: Dataset) -> bool:
     return bool(tags) and tags[0].group in (0x0002, 0x0008) and all(t.group < 0xFFFE for t in tags)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:160] if text else type(err).__name__
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """The error as one line: multi-line messages (pydicom lists each plugin) joined with '; '."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    text = "; ".join(lines).replace(":;", ":")
+    return text[:limit] if text else type(err).__name__
 
 
 def read_header(fp: BinaryIO) -> Dataset:
@@ -149,9 +156,12 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ds.pixel_array
+            arr = ds.pixel_array
     except NotImplementedError as err:
         name = getattr(ts, "name", None) or str(ts)
         raise UnsupportedError(f"cannot decode transfer syntax {name}: {_first_line(err)}") from err
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError) as err:
-        raise InvalidDicomError(f"pixel data could not be decoded ({_first_line(err)})") from err
+        raise InvalidDicomError(f"pixel data could not be decoded ({_first_line(err, 400)})") from err
+    if not arr.dtype.isnative:  # big endian sources: values kept, byte order made native
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from .errors import UnsupportedError
+
 from . import __version__
 
 SOFTWARE = f"dicomfleet {__version__}"
@@ -50,9 +52,11 @@ def png16_offset(arr: np.ndarray) -> int:
 
 
 def to_png16(arr: np.ndarray) -> tuple[np.ndarray, int]:
-    """Stored values as uint16 plus the offset added; None-safe for ≤16-bit integers only."""
+    """Stored values as uint16 plus the offset added (integers of at most 16 bits only)."""
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
-        raise ValueError(f"png16 holds integers of at most 16 bits, not {arr.dtype}")
+        raise UnsupportedError(
+            f"png16 holds integers of at most 16 bits; these pixels are {arr.dtype} "
+            "(use --format tiff or npy)")
     offset = png16_offset(arr)
     if offset:
         return (arr.astype(np.int32) + offset).astype(np.uint16), offset
