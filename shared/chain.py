@@ -21,6 +21,7 @@ from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
 from .pixels.render import is_colour
 from .store import Store, open_store, read_source
+from .timing import StageClock
 from .verify import sha256, verify_lossless, verify_lossy
 
 
@@ -45,9 +46,11 @@ def _frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     return list(arr) if nframes > 1 else [arr]
 
 
-def convert_dataset(ds: Dataset, opts: ConvertOptions) -> tuple[list[Output], dict]:
+def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None = None) -> tuple[list[Output], dict]:
     """Decode, render, encode and verify every requested output of one instance (no I/O)."""
-    arr = decode_pixels(ds, max_pixels=opts.max_pixels)
+    clock = clock or StageClock()
+    with clock.stage("decode"):
+        arr = decode_pixels(ds, max_pixels=opts.max_pixels)
     frames = _frames(arr, ds)
     multi = len(frames) > 1
     colour = is_colour(ds)
@@ -63,27 +66,38 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions) -> tuple[list[Output], di
     for number, frame in enumerate(frames, start=1):
         tag = number if multi else None
         if wanted & {Format.PNG, Format.JPEG}:
-            img, window = render_8bit(frame, ds, window=opts.window_spec)
+            with clock.stage("render"):
+                img, window = render_8bit(frame, ds, window=opts.window_spec)
             if window is not None and "window" not in info:
                 info["window"] = window.describe()
             if Format.PNG in wanted:
-                buf = encode_png(img)
-                outputs.append(Output(Format.PNG, buf, tag, verify_lossless("png", buf, img)))
+                with clock.stage("encode"):
+                    buf = encode_png(img)
+                with clock.stage("verify"):
+                    outputs.append(Output(Format.PNG, buf, tag, verify_lossless("png", buf, img)))
             if Format.JPEG in wanted:
-                buf = encode_jpeg(img, opts.quality)
-                outputs.append(Output(Format.JPEG, buf, tag, {"ssim": verify_lossy(buf, img)}))
+                with clock.stage("encode"):
+                    buf = encode_jpeg(img, opts.quality)
+                with clock.stage("verify"):
+                    outputs.append(Output(Format.JPEG, buf, tag, {"ssim": verify_lossy(buf, img)}))
         if Format.PNG16 in wanted:
-            u16, offset = to_png16(frame)
-            buf = encode_png(u16, {"dicomfleet:offset": str(offset)})
-            outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
-                                  {"offset": offset}))
+            with clock.stage("encode"):
+                u16, offset = to_png16(frame)
+                buf = encode_png(u16, {"dicomfleet:offset": str(offset)})
+            with clock.stage("verify"):
+                outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
+                                      {"offset": offset}))
     if Format.TIFF in wanted:
-        buf = encode_tiff(arr, rgb=colour and arr.shape[-1] == 3)
-        outputs.append(Output(Format.TIFF, buf, None, verify_lossless("tiff", buf, arr)))
+        with clock.stage("encode"):
+            buf = encode_tiff(arr, rgb=colour and arr.shape[-1] == 3)
+        with clock.stage("verify"):
+            outputs.append(Output(Format.TIFF, buf, None, verify_lossless("tiff", buf, arr)))
     if Format.NPY in wanted:
-        values = arr if colour else np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-        buf = encode_npy(values)
-        outputs.append(Output(Format.NPY, buf, None, verify_lossless("npy", buf, values)))
+        with clock.stage("encode"):
+            values = arr if colour else np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+            buf = encode_npy(values)
+        with clock.stage("verify"):
+            outputs.append(Output(Format.NPY, buf, None, verify_lossless("npy", buf, values)))
     return outputs, info
 
 
@@ -102,12 +116,15 @@ def convert_instance(task: dict) -> dict:
     store = open_store(task["dest"])
     index, prefix = int(task["index"]), task["prefix"].rstrip("/")
     record: dict = {"index": index, "source_sha256": None, "outputs": [], "error": None}
+    clock = StageClock()
     started = time.perf_counter()
     try:
-        data = read_source(task["source"])
-        record["source_sha256"] = sha256(data)
-        ds = read_dataset(data)
-        outputs, info = convert_dataset(ds, opts)
+        with clock.stage("fetch"):
+            data = read_source(task["source"])
+            record["source_sha256"] = sha256(data)
+        with clock.stage("parse"):
+            ds = read_dataset(data)
+        outputs, info = convert_dataset(ds, opts, clock)
         format_errors = info.pop("format_errors", None)
         record.update(info)
         if format_errors:
@@ -115,7 +132,8 @@ def convert_instance(task: dict) -> dict:
                                "reason": "; ".join(f"{e['format']}: {e['reason']}" for e in format_errors)}
         for out in outputs:
             key = f"{prefix}/{out.name(index)}"
-            store.write(key, out.data)
+            with clock.stage("store"):
+                store.write(key, out.data)
             entry = {"path": key, "format": out.format.value, "sha256": sha256(out.data),
                      "size": len(out.data), "frame": out.frame, "verification": out.verification}
             entry.update(out.extra)
@@ -128,6 +146,7 @@ def convert_instance(task: dict) -> dict:
         reason = " ".join(str(err).split())[:200]
         record["error"] = {"code": "internal", "reason": f"internal error ({type(err).__name__}: {reason})"}
     record["seconds"] = round(time.perf_counter() - started, 4)
+    record["stages"] = clock.rounded()
     return record
 
 

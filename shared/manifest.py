@@ -8,6 +8,8 @@ from . import __version__
 from .options import ConvertOptions
 
 SCHEMA = 1
+#: Record fields that vary run to run (timings): kept out so manifests are byte-identical.
+VOLATILE = frozenset({"seconds", "stages"})
 
 
 def manifest_key(prefix: str) -> str:
@@ -16,7 +18,7 @@ def manifest_key(prefix: str) -> str:
 
 def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions) -> dict:
     records = sorted(records, key=lambda r: r["index"])
-    instances = [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    instances = [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
     failures = [{"index": r["index"], "source_sha256": r["source_sha256"], **r["error"]}
                 for r in records if r["error"]]
     return {
