@@ -1,0 +1,96 @@
+"""Fleet settings: every ``DICOMFLEET_*`` variable the producer and workers read, in one place.
+
+The Helm chart, the docs and the CLI use exactly these names. Secrets (the S3 keys) go through
+`shared.options.env`, so ``DICOMFLEET_S3_SECRET_KEY_FILE`` may name a mounted Secret instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+from .options import env
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"DICOMFLEET_{name} must be true or false, got {value!r}")
+
+
+def _number(name: str, value: str, kind: type) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError as err:
+        raise ConfigError(f"DICOMFLEET_{name} must be a {kind.__name__}, got {value!r}") from err
+    if number < 0:
+        raise ConfigError(f"DICOMFLEET_{name} must not be negative, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The fleet's configuration; field ``x`` is read from ``DICOMFLEET_X`` (upper case)."""
+
+    #: Celery broker (Redis). Key/queue names below keep several fleets apart on one server.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: Celery result backend and the fleet's job-state store (status, redelivery counts).
+    result_backend: str = "redis://127.0.0.1:6379/0"
+    #: S3 endpoint as host[:port] (MinIO or any S3); empty means AWS's default endpoint.
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = ""  # secret: DICOMFLEET_S3_ACCESS_KEY or DICOMFLEET_S3_ACCESS_KEY_FILE
+    s3_secret_key: str = ""  # secret: DICOMFLEET_S3_SECRET_KEY or DICOMFLEET_S3_SECRET_KEY_FILE
+    s3_secure: bool = False  # TLS to the S3 endpoint
+    s3_region: str = "us-east-1"
+    #: Queue names: the batch queue and the real-time queue workers drain first.
+    queue: str = "dicomfleet"
+    queue_high: str = "dicomfleet.high"
+    #: Prefix of every Redis key the fleet itself writes (job states, redelivery counters).
+    key_prefix: str = "dicomfleet"
+    #: Seconds a taken job stays invisible before Redis redelivers it; must exceed the longest series.
+    visibility_timeout: int = 3600
+    #: Worker processes per worker pod (0 = one per core).
+    worker_concurrency: int = 0
+    #: Seconds a worker on SIGTERM keeps working on the job in hand before returning it to the queue.
+    soft_shutdown_timeout: float = 60.0
+    #: Deliveries of one job (counted in Redis) after which it is parked as dead-letter.
+    max_redeliveries: int = 3
+    #: Retries of a transient fault (S3/Redis unreachable) with exponential backoff and jitter.
+    max_retries: int = 8
+    retry_backoff_max: float = 30.0
+    #: Prometheus metrics port of a worker (0 = no metrics server).
+    metrics_port: int = 9808
+
+    SECRETS = ("s3_access_key", "s3_secret_key")
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """Read every field from its ``DICOMFLEET_`` variable, falling back to the default."""
+        values: dict = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = env(name)
+            if raw is None:
+                continue
+            if f.type == "bool":
+                values[f.name] = _bool(name, raw)
+            elif f.type in ("int", "float"):
+                values[f.name] = _number(name, raw, int if f.type == "int" else float)
+            else:
+                values[f.name] = raw.strip()
+        return cls(**values)
+
+    @staticmethod
+    def env_names() -> list[str]:
+        """Every variable name, for docs and the Helm chart's tests."""
+        return [f"DICOMFLEET_{f.name.upper()}" for f in fields(Settings)]
+
+    def __repr__(self) -> str:  # never print a secret
+        shown = {f.name: ("***" if f.name in self.SECRETS and getattr(self, f.name) else getattr(self, f.name))
+                 for f in fields(self)}
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
