@@ -63,13 +63,17 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
         info["format_errors"] = [{"format": "png16", "reason":
                                   f"holds integers of at most 16 bits; these pixels are "
                                   f"{arr.dtype.name} (use --format tiff or npy)"}]
+    rendered: list[np.ndarray] = []
+    if wanted & {Format.PNG, Format.JPEG}:
+        with clock.stage("render"):  # the whole instance at once: one window for all its frames
+            img_all, window = render_8bit(arr, ds, window=opts.window_spec)
+        if window is not None:
+            info["window"] = window.describe()
+        rendered = _frames(img_all, ds)
     for number, frame in enumerate(frames, start=1):
         tag = number if multi else None
-        if wanted & {Format.PNG, Format.JPEG}:
-            with clock.stage("render"):
-                img, window = render_8bit(frame, ds, window=opts.window_spec)
-            if window is not None and "window" not in info:
-                info["window"] = window.describe()
+        if rendered:
+            img = rendered[number - 1]
             if Format.PNG in wanted:
                 with clock.stage("encode"):
                     buf = encode_png(img)
