@@ -1,0 +1,144 @@
+"""What `make bench` times: the project's `convert`, the floor, the peers — each one child process.
+
+A contender is a command line over an input series and an empty output directory. Its ``floor``
+names the floor contender that does the same output from the same input: every figure is reported
+as a ratio to it. Contenders whose tool is missing carry a ``skip`` reason instead of failing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Output format sets timed for the project and the floor (png+tiff also writes the manifest).
+FORMATS = ("png", "png16", "jpeg", "tiff", "png+tiff")
+REPO = Path(__file__).resolve().parent.parent
+#: A fixed key so the de-identified runs are deterministic; never a real secret.
+BENCH_ENV = {"DICOMFLEET_DEID_KEY": "dicomfleet-bench-not-a-secret"}
+
+
+@dataclass
+class Contender:
+    name: str
+    group: str  # "floor" | "project" | "peer" | "fleet"
+    argv: Callable[[str, str], list[str]]  # (input dir, output dir) -> command line
+    output: str = "png"  # what it writes, e.g. "png+tiff"
+    source: str = "raw"  # input series: "raw" or a key of bench.data.COMPRESSED
+    workers: int = 1
+    floor: str | None = None  # the floor contender its ratios are taken against
+    skip: str | None = None  # why it is not run (tool missing, feature absent)
+    env: dict = field(default_factory=dict)
+
+
+def dicomfleet_exe() -> str:
+    """The console script installed beside this interpreter: what a user runs."""
+    exe = Path(sys.executable).with_name("dicomfleet")
+    return str(exe) if exe.exists() else shutil.which("dicomfleet") or "dicomfleet"
+
+
+def has_deid() -> bool:
+    """De-identification arrives in its own issue as ``shared.deid``; time it once it exists."""
+    try:
+        return importlib.util.find_spec("shared.deid") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def ensure_dicom2jpg(install: bool) -> str | None:
+    """None when dicom2jpg imports, else the reason it is skipped.
+
+    dicom2jpg depends on opencv-python, which would clash with the project's
+    opencv-python-headless (same ``cv2`` module), so it is installed with ``--no-deps``: the rest of
+    what it imports (numpy, pydicom, pylibjpeg) the project already has.
+    """
+    if importlib.util.find_spec("dicom2jpg") is not None:
+        return None
+    if not install:
+        return "dicom2jpg not installed (pip install --no-deps dicom2jpg)"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "dicom2jpg"],
+                          capture_output=True, text=True)
+    importlib.invalidate_caches()
+    if done.returncode != 0 or importlib.util.find_spec("dicom2jpg") is None:
+        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return f"dicom2jpg could not be installed with --no-deps ({last[:120]})"
+    print("bench: installed dicom2jpg with --no-deps (its opencv-python would clash with "
+          "opencv-python-headless)", file=sys.stderr)
+    return None
+
+
+def _floor(output: str, source: str = "raw") -> Contender:
+    name = f"floor {output}" + ("" if source == "raw" else f" [{source}]")
+    return Contender(name, "floor", lambda i, o: [sys.executable, "-m", "bench.yardsticks", "floor",
+                                                  i, o, "--format", output],
+                     output, source, floor=name)
+
+
+def _convert(output: str, workers: int, *, deid: bool = False, source: str = "raw") -> Contender:
+    fmts = [a for f in output.split("+") for a in ("--format", f)]
+    flags = [] if deid else ["--no-deid"]
+    name = f"convert {output} w{workers}" + (" deid" if deid else "") + \
+        ("" if source == "raw" else f" [{source}]")
+    floor = f"floor {output}" + ("" if source == "raw" else f" [{source}]")
+    return Contender(name, "project",
+                     lambda i, o: [dicomfleet_exe(), "convert", i, "--out", o, *fmts, *flags,
+                                   "--workers", str(workers)],
+                     output, source, workers, floor, env=dict(BENCH_ENV))
+
+
+def _dcmtk() -> Contender:
+    script = 'for f in "$1"/*; do dcmj2pnm --write-png +Wi 1 "$f" "$2/${f##*/}.png" || exit 1; done'
+    return Contender("dcmj2pnm per file", "peer", lambda i, o: ["sh", "-c", script, "sh", i, o],
+                     floor="floor png",
+                     skip=None if shutil.which("dcmj2pnm") else "DCMTK dcmj2pnm not on PATH")
+
+
+def _dicom2jpg(skip: str | None) -> Contender:
+    code = "import sys, dicom2jpg; dicom2jpg.dicom2png(sys.argv[1], sys.argv[2], multiprocessing=False)"
+    return Contender("dicom2jpg", "peer", lambda i, o: [sys.executable, "-c", code, i, o],
+                     floor="floor png", skip=skip)
+
+
+def _naive() -> Contender:
+    return Contender("pydicom+Pillow loop", "peer",
+                     lambda i, o: [sys.executable, "-m", "bench.yardsticks", "naive", i, o],
+                     floor="floor png")
+
+
+# ---- FLEET SLOT ----------------------------------------------------------------------------------
+# The fleet path (producer → Redis → workers → S3 server) is timed here once it exists. Its owner adds
+# bench/fleet.py with `contenders(workers: int) -> list[Contender]` whose commands start what they
+# need on loopback and convert the input series end to end (group "fleet", floor "floor png").
+# Until then the slot reports itself as skipped.
+def _fleet(workers: int) -> list[Contender]:
+    if importlib.util.find_spec("bench.fleet") is None:
+        return [Contender("fleet png", "fleet", lambda i, o: [], floor="floor png",
+                          skip="fleet path not built yet (no bench/fleet.py)")]
+    from bench import fleet  # type: ignore[attr-defined]
+
+    return list(fleet.contenders(workers))
+# --------------------------------------------------------------------------------------------------
+
+
+def contenders(workers: int, *, compressed: tuple[str, ...] = ("j2k", "jls"),
+               install_peers: bool = True) -> list[Contender]:
+    """Every contender of a full run, floors first (ratios need them)."""
+    out = [_floor(f) for f in FORMATS]
+    out += [_floor("png", kind) for kind in compressed]
+    counts = sorted({1, workers})
+    for f in FORMATS:
+        out += [_convert(f, n) for n in counts]
+    deid = has_deid()
+    for f, n in (("png", 1), ("png+tiff", workers)):
+        c = _convert(f, n, deid=True)
+        if not deid:
+            c.skip = "de-identification not available yet (no shared.deid)"
+        out.append(c)
+    out += [_convert("png", 1, source=kind) for kind in compressed]
+    out += [_naive(), _dicom2jpg(ensure_dicom2jpg(install_peers)), _dcmtk()]
+    out += _fleet(workers)
+    return out

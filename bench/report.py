@@ -1,0 +1,131 @@
+"""Summaries of the samples: medians, ratios to the floor, the issue targets, a terminal table."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+
+
+def machine() -> dict:
+    """What the figures were measured on (they only mean something as ratios on one machine)."""
+    import cv2
+    import numpy
+    import pydicom
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"nproc": cores, "cpu": model, "kernel": platform.release(),
+            "python": sys.version.split()[0], "numpy": numpy.__version__,
+            "opencv": cv2.__version__, "pydicom": pydicom.__version__}
+
+
+def summarise(name: str, samples: list, slices: int) -> dict:
+    """Median wall, CPU and peak RSS over the successful runs of one contender."""
+    good = [s for s in samples if s.ok]
+    if not good:
+        return {"name": name, "ok": False, "error": samples[-1].error if samples else "not run"}
+    wall = statistics.median(s.wall for s in good)
+    cpu = statistics.median(s.cpu for s in good)
+    rss = statistics.median(s.rss_mb for s in good)
+    return {"name": name, "ok": True, "runs": len(good), "wall_s": round(wall, 4),
+            "cpu_s": round(cpu, 4), "peak_rss_mb": round(rss, 1),
+            "slices_per_s": round(slices / wall, 2), "cpu_ms_per_slice": round(cpu * 1000 / slices, 3),
+            "walls": [round(s.wall, 4) for s in good]}
+
+
+def add_ratios(rows: dict[str, dict], floors: dict[str, str | None]) -> None:
+    """×floor for wall, CPU and RSS (>1 means slower / more than the floor)."""
+    for name, row in rows.items():
+        ref = rows.get(floors.get(name) or "")
+        if not row.get("ok") or not ref or not ref.get("ok"):
+            continue
+        row["floor"] = ref["name"]
+        row["x_floor_wall"] = round(row["wall_s"] / ref["wall_s"], 3)
+        row["x_floor_cpu"] = round(row["cpu_s"] / ref["cpu_s"], 3)
+        row["x_floor_rss"] = round(row["peak_rss_mb"] / ref["peak_rss_mb"], 3)
+
+
+def _wall(rows: dict, name: str) -> float | None:
+    row = rows.get(name)
+    return row["wall_s"] if row and row.get("ok") else None
+
+
+def targets(rows: dict, workers: int) -> list[dict]:
+    """The targets of issues 2 and 6, each as a measured ratio and whether it holds."""
+    out: list[dict] = []
+
+    def check(what: str, issue: int, value: float | None, limit: float, below: bool) -> None:
+        if value is None:
+            out.append({"target": what, "issue": issue, "value": None, "met": None})
+            return
+        met = value <= limit if below else value >= limit
+        out.append({"target": what, "issue": issue, "value": round(value, 3), "limit": limit, "met": met})
+
+    png1, floor = _wall(rows, "convert png w1"), _wall(rows, "floor png")
+    ratio = png1 / floor if png1 and floor else None
+    check("png w1 wall ÷ floor png", 2, ratio, 1.3, True)
+    check("png w1 wall ÷ floor png", 6, ratio, 1.15, True)
+    d2j = _wall(rows, "dicom2jpg")
+    check("dicom2jpg wall ÷ png w1", 2, d2j / png1 if d2j and png1 else None, 1.0, False)
+    check("dicom2jpg wall ÷ png w1", 6, d2j / png1 if d2j and png1 else None, 1.5, False)
+    dcmtk = _wall(rows, "dcmj2pnm per file")
+    check("dcmj2pnm per file wall ÷ png w1", 6, dcmtk / png1 if dcmtk and png1 else None, 5.0, False)
+    for fmt in ("png", "png16"):
+        mine, ref = _wall(rows, f"convert {fmt} w1"), _wall(rows, f"floor {fmt}")
+        check(f"floor {fmt} wall ÷ {fmt} w1 (beat the floor)", 6, ref / mine if mine and ref else None,
+              2.0, False)
+    if workers > 1:
+        pngn = _wall(rows, f"convert png w{workers}")
+        check(f"png speed-up w{workers} ÷ w1 (≥ 0.85·N)", 6, png1 / pngn if png1 and pngn else None,
+              round(0.85 * workers, 2), False)
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted, or a dash padded to the same width when there is none."""
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
+    return format("-", f">{width}" if width else "")
+
+
+def table(rows: dict[str, dict], skipped: dict[str, str]) -> str:
+    """The terminal table: one line per contender, ratios to its floor."""
+    head = (f"{'contender':<28} {'slices/s':>9} {'CPU ms/sl':>10} {'RSS MiB':>8} {'wall s':>7} "
+            f"{'×floor wall':>11} {'×CPU':>6} {'×RSS':>6}")
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        if not r.get("ok"):
+            lines.append(f"{name:<28} failed: {r.get('error', '')}")
+            continue
+        lines.append(f"{name:<28} {r['slices_per_s']:>9.1f} {r['cpu_ms_per_slice']:>10.2f} "
+                     f"{r['peak_rss_mb']:>8.0f} {r['wall_s']:>7.2f} {_fmt(r.get('x_floor_wall'), '>11.2f')} "
+                     f"{_fmt(r.get('x_floor_cpu'), '>6.2f')} {_fmt(r.get('x_floor_rss'), '>6.2f')}")
+    for name, reason in skipped.items():
+        lines.append(f"{name:<28} skipped: {reason}")
+    return "\n".join(lines)
+
+
+def targets_table(checks: list[dict]) -> str:
+    lines = []
+    for c in checks:
+        state = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
+        limit = "" if c["value"] is None else f" (limit {c['limit']})"
+        lines.append(f"issue {c['issue']}: {c['target']:<44} {_fmt(c['value'], '.2f'):>6}{limit} {state}")
+    return "\n".join(lines)
+
+
+def stages_table(profiles: list[dict]) -> str:
+    stages = list(dict.fromkeys(k for p in profiles for k in p["ms_per_slice"]))
+    head = f"{'ms per slice':<14}" + "".join(f"{s[:9]:>10}" for s in stages) + f"{'instance':>10}"
+    lines = [head]
+    for p in profiles:
+        lines.append(f"{p['formats']:<14}" + "".join(_fmt(p["ms_per_slice"].get(s), ">10.2f") for s in stages)
+                     + f"{p['instance_ms']:>10.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""`make bench`: time the project's `convert` beside the floor and the peers on one synthetic CT
+series, in one run on one machine, and report medians and ratios to the floor.
+
+usage: python -m bench.run [--slices 200] [--runs 3] [--workers N] [--only NAME,...] [--memory]
+                           [--profile] [--no-stages] [--no-install] [--out bench/out/results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import data, report
+from .contenders import REPO, Contender, contenders, dicomfleet_exe
+from .measure import Sample, fresh_dir, run_child
+
+DEFAULT_OUT = REPO / "bench" / "out" / "results.json"
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _count_files(path: str) -> int:
+    return sum(len(names) for _, _, names in os.walk(path))
+
+
+def _select(all_: list[Contender], only: str | None) -> list[Contender]:
+    """Contenders whose name holds one of the comma-separated words, plus the floors they need."""
+    if not only:
+        return all_
+    words = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = {c.name for c in all_ if any(w in c.name for w in words)}
+    chosen |= {c.floor for c in all_ if c.name in chosen and c.floor}
+    return [c for c in all_ if c.name in chosen]
+
+
+def time_contenders(active: list[Contender], inputs: dict[str, Path], runs: int, workdir: Path,
+                    slices: int) -> dict[str, list[Sample]]:
+    """Run every contender ``runs`` times, round-robin, so that load drift on a shared machine
+    falls on all of them alike. A contender that fails once is not run again."""
+    samples: dict[str, list[Sample]] = {c.name: [] for c in active}
+    outputs: dict[str, int] = {}
+    for r in range(runs):
+        for c in active:
+            if samples[c.name] and not samples[c.name][-1].ok:
+                continue
+            out = fresh_dir(str(workdir / "out"))
+            log = str(workdir / "last.log")
+            env = {**os.environ, **c.env}
+            s = run_child(c.argv(str(inputs[c.source]), out), cwd=str(REPO), env=env, log=log)
+            outputs[c.name] = _count_files(out)
+            if s.ok and outputs[c.name] < slices:
+                s = Sample(s.wall, s.cpu, s.rss_mb, False,
+                           f"wrote {outputs[c.name]} files for {slices} slices")
+            samples[c.name].append(s)
+            state = f"{s.wall:6.2f} s  {s.rss_mb:5.0f} MiB" if s.ok else f"FAILED {s.error}"
+            print(f"  run {r + 1}/{runs}  {c.name:<28} {state}", file=sys.stderr, flush=True)
+    return samples
+
+
+def stage_profiles(src: Path, workdir: Path, outputs: list[str], deid: bool) -> list[dict]:
+    """Per-stage ms per slice for each output set, each measured in a child process."""
+    found = []
+    for fmt in outputs:
+        args = [a for f in fmt.split("+") for a in ("--format", f)] + (["--deid"] if deid else [])
+        out = fresh_dir(str(workdir / "out"))
+        done = subprocess.run([sys.executable, "-m", "bench.stages", str(src), out, *args], cwd=REPO,
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            found.append(json.loads(done.stdout))
+        else:
+            print(f"  stages {fmt}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)
+    return found
+
+
+def memory_check(workdir: Path, sizes: tuple[int, int], workers: int, runs: int) -> list[dict]:
+    """Peak RSS of `convert png` on a short and a long series: streaming means it stays flat."""
+    rows = []
+    for n in sorted({1, workers}):
+        row: dict = {"workers": n}
+        for slices in sizes:
+            src = data.series(workdir, slices)
+            walls, rss = [], []
+            for _ in range(runs):
+                out = fresh_dir(str(workdir / "out"))
+                s = run_child([dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid",
+                               "--workers", str(n)], cwd=str(REPO), log=str(workdir / "last.log"))
+                if not s.ok:
+                    raise SystemExit(f"bench: memory run failed: {s.error}")
+                walls.append(s.wall)
+                rss.append(s.rss_mb)
+            row[f"rss_mb_{slices}"] = round(sorted(rss)[len(rss) // 2], 1)
+            row[f"slices_per_s_{slices}"] = round(slices / sorted(walls)[len(walls) // 2], 1)
+            print(f"  memory w{n} {slices} slices: {row[f'rss_mb_{slices}']} MiB", file=sys.stderr, flush=True)
+        row["rss_ratio"] = round(row[f"rss_mb_{sizes[1]}"] / row[f"rss_mb_{sizes[0]}"], 3)
+        rows.append(row)
+    return rows
+
+
+def pyinstrument_profile(src: Path, workdir: Path, dest: Path) -> str | None:
+    """A pyinstrument text profile of `convert png` with one worker (the bench extra has it)."""
+    out = fresh_dir(str(workdir / "out"))
+    done = subprocess.run([sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(dest),
+                           dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid", "--workers", "1"],
+                          cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or ["pyinstrument failed"])[-1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=200)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3, help="runs per contender; the median is reported")
+    ap.add_argument("--workers", type=int, default=_cores(), help="N for the N-worker runs (default: cores)")
+    ap.add_argument("--only", help="comma-separated words: time only contenders whose name holds one")
+    ap.add_argument("--workdir", default=os.environ.get("DICOMFLEET_BENCH_DIR", "/tmp/dicomfleet-bench"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results")
+    ap.add_argument("--memory", action="store_true", help="also compare peak RSS on 200 vs 1000 slices (slow)")
+    ap.add_argument("--memory-slices", type=int, default=1000)
+    ap.add_argument("--profile", action="store_true", help="also write a pyinstrument profile of png w1")
+    ap.add_argument("--no-stages", action="store_true", help="skip the per-stage profile")
+    ap.add_argument("--no-compressed", action="store_true", help="skip the JPEG 2000 / JPEG-LS inputs")
+    ap.add_argument("--no-install", action="store_true", help="do not pip install dicom2jpg when missing")
+    a = ap.parse_args(argv)
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    print(f"bench: writing/reusing a {a.slices}-slice {a.size}² CT series in {workdir}", file=sys.stderr)
+    inputs: dict[str, Path] = {"raw": data.series(workdir, a.slices, a.size)}
+    skipped: dict[str, str] = {}
+    kinds = () if a.no_compressed else tuple(data.COMPRESSED)
+    for kind in kinds:
+        try:
+            inputs[kind] = data.compressed_copy(inputs["raw"], kind)
+        except RuntimeError as err:
+            skipped[f"input [{kind}]"] = str(err)
+    every = contenders(a.workers, compressed=tuple(k for k in kinds if k in inputs),
+                       install_peers=not a.no_install)
+    chosen = _select(every, a.only)
+    for c in chosen:
+        if c.skip:
+            skipped[c.name] = c.skip
+    active = [c for c in chosen if not c.skip]
+    samples = time_contenders(active, inputs, a.runs, workdir, a.slices)
+    rows = {c.name: report.summarise(c.name, samples[c.name], a.slices) for c in active}
+    for c in active:
+        rows[c.name].update({"group": c.group, "output": c.output, "input": c.source, "workers": c.workers})
+    report.add_ratios(rows, {c.name: c.floor for c in active})
+    checks = report.targets(rows, a.workers)
+
+    results: dict = {"machine": report.machine(), "shared_machine_note":
+                     "2 cores shared with other engineers' test runs: compare ratios within one run",
+                     "parameters": {"slices": a.slices, "size": a.size, "runs": a.runs, "workers": a.workers},
+                     "contenders": rows, "skipped": skipped, "targets": checks}
+    if not a.no_stages:
+        outs = ["png", "png16", "jpeg", "tiff", "png+tiff"]
+        results["stages"] = stage_profiles(inputs["raw"], workdir, outs, deid=False)
+    if a.memory:
+        print(f"bench: memory, {a.slices} vs {a.memory_slices} slices", file=sys.stderr)
+        results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 2)))
+    if a.profile:
+        dest = Path(a.out).with_name("profile-png-w1.txt")
+        error = pyinstrument_profile(inputs["raw"], workdir, dest)
+        results["profile"] = str(dest) if error is None else f"failed: {error}"
+    results["bench_seconds"] = round(time.time() - started, 1)
+
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    m = results["machine"]
+    print(f"\n{a.slices} slices {a.size}², median of {a.runs} run(s); {m['nproc']} cores ({m['cpu']}), "
+          f"Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']}")
+    print(report.table(rows, skipped))
+    print()
+    print(report.targets_table(checks))
+    if results.get("stages"):
+        print()
+        print(report.stages_table(results["stages"]))
+    for row in results.get("memory", []):
+        print(f"memory w{row['workers']}: peak RSS {row[f'rss_mb_{a.slices}']} MiB at {a.slices} slices, "
+              f"{row[f'rss_mb_{a.memory_slices}']} MiB at {a.memory_slices} (×{row['rss_ratio']})")
+    print(f"\nJSON: {a.out}")
+    return 0 if all(r.get("ok") for r in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
