@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.dataset import read_header
-from shared.errors import DicomfleetError
+from shared.errors import DicomfleetError, StorageError
+from shared.store import is_s3, iter_sources, open_source
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,11 @@ class ScanResult:
 
 
 def iter_files(sources: Iterable[str]) -> Iterator[str]:
-    """Every regular file under the sources, recursively, in a stable order."""
+    """Every regular file (or S3 object under an ``s3://`` prefix) in the sources, in a stable order."""
     for src in sources:
-        if os.path.isdir(src):
+        if is_s3(src):
+            yield from iter_sources(src)
+        elif os.path.isdir(src):
             for root, dirs, files in os.walk(src):
                 dirs.sort()
                 for name in sorted(files):
@@ -81,8 +84,10 @@ def _derived_uid(*parts: str) -> str:
 def read_instance(path: str) -> Instance | str:
     """An Instance, or a one-line reason why the file is skipped."""
     try:
-        with open(path, "rb") as fh:
+        with open_source(path) as fh:
             ds = read_header(fh)
+    except StorageError:
+        raise  # S3 unreachable is not a property of the file: the scan fails, nothing is skipped
     except DicomfleetError as err:
         return "not DICOM" if err.code == "not_dicom" else err.code
     except OSError as err:
@@ -109,7 +114,7 @@ def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None) -
     skipped: Counter = Counter()
     seen: set[str] = set()
     for path in iter_files(sources):
-        real = os.path.realpath(path)
+        real = path if is_s3(path) else os.path.realpath(path)
         if real in seen:  # the same file named twice (overlapping sources, symlinks)
             continue
         seen.add(real)

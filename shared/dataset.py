@@ -9,13 +9,17 @@ import numpy as np
 import pydicom
 from pydicom import config as _pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError as PydicomInvalid
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
+from .codestream import j2k_size, jpeg_size
 from .errors import (
     InvalidDicomError,
     NoPixelDataError,
     NotDicomError,
     PixelBudgetError,
+    Transient,
     UnsupportedError,
 )
 
@@ -41,6 +45,8 @@ def _read(fp: BinaryIO, **kwargs) -> Dataset:
             return pydicom.dcmread(fp, **kwargs)
     except PydicomInvalid:
         pass
+    except Transient:  # the storage under a ranged reader failed: not a property of the file
+        raise
     except Exception as err:  # pydicom raises many types on garbage; the reason is what matters
         raise NotDicomError(f"not a DICOM file ({type(err).__name__}: {_first_line(err)})") from err
     fp.seek(start)
@@ -49,6 +55,8 @@ def _read(fp: BinaryIO, **kwargs) -> Dataset:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, force=True, **kwargs)
             ds_ok = len(ds) > 0 and ("SOPClassUID" in ds or "Rows" in ds) and _plausible(ds)
+    except Transient:
+        raise
     except Exception as err:
         raise NotDicomError("not a DICOM file (no DICM preamble and not a raw dataset)") from err
     if not ds_ok:
@@ -131,6 +139,7 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     elem = ds[keyword]
     if keyword == "PixelData" and ds.file_meta.get("TransferSyntaxUID", None) is not None:
         if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            check_codestreams(ds, frames, rows, cols, spp)
             return
     per_sample_bits = bits
     if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422" and keyword == "PixelData":
@@ -142,6 +151,44 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
             f"(7FE0,0010) Pixel Data holds {held} bytes but the header declares {expected} "
             f"({frames} frame(s) × {rows} × {cols} × {spp} sample(s) × {bits} bits); truncated file?"
         )
+
+
+def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int) -> None:
+    """Encapsulated data must hold every declared frame, each compressed frame declaring the
+    header's size: decoders allocate what the codestream says, so a lie there is refused here."""
+    ts = ds.file_meta.TransferSyntaxUID
+    if ts in JPEG2000TransferSyntaxes:
+        read_size, kind = j2k_size, "JPEG 2000"
+    elif ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes:
+        read_size, kind = jpeg_size, "JPEG-LS" if ts in JPEGLSTransferSyntaxes else "JPEG"
+    else:
+        read_size, kind = None, ""
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    held = 0
+    try:
+        for held, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames,
+                                                     extended_offsets=offsets), start=1):
+            if read_size is None or held > frames:
+                continue
+            size = read_size(frame)
+            if size is None:
+                raise InvalidDicomError(
+                    f"(7FE0,0010) frame {held}: no {kind} frame header found; corrupt codestream")
+            if size != (rows, cols, spp):
+                raise InvalidDicomError(
+                    f"(7FE0,0010) frame {held}: the {kind} codestream declares {size[0]} × {size[1]} "
+                    f"× {size[2]} component(s) but the header declares {rows} × {cols} × {spp} "
+                    "((0028,0010) Rows × (0028,0011) Columns × (0028,0002) Samples per Pixel)")
+    except InvalidDicomError:
+        raise
+    except Exception as err:  # pydicom raises ValueError/KeyError/struct.error on broken items
+        raise InvalidDicomError(
+            f"(7FE0,0010) encapsulated Pixel Data is unreadable ({_first_line(err)})") from err
+    if held < frames:
+        raise PixelBudgetError(
+            f"(7FE0,0010) Pixel Data holds {held} frame(s) but (0028,0008) Number of Frames is {frames}")
 
 
 def _sop_class_name(ds: Dataset) -> str:

@@ -1,13 +1,24 @@
-"""Storage: the only module that reads sources or writes outputs. Local files now, S3 by URL."""
+"""Storage: the only module that reads sources or writes outputs: local paths, or S3 by URL.
+
+A destination is a directory or ``s3://bucket/prefix``; a source reference is a path or
+``s3://bucket/key``. S3 is reached with the ``minio`` SDK at ``DICOMFLEET_S3_ENDPOINT`` (MinIO or
+any S3). Every S3 fault surfaces as `StorageError` (transient: the caller retries the series).
+"""
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from .errors import ConfigError, StorageError
+
+S3_SCHEME = "s3://"
+#: Bytes fetched per ranged GET when reading headers from S3: one request for a typical header.
+HEADER_BLOCK = 64 * 1024
 
 
 class Store(Protocol):
@@ -18,7 +29,13 @@ class Store(Protocol):
     def write(self, key: str, data: bytes) -> None: ...
     def read(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
     def list(self, prefix: str = "") -> Iterator[str]: ...
+
+
+def _check_key(key: str) -> None:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ConfigError(f"invalid object key {key!r}")
 
 
 class LocalStore:
@@ -29,8 +46,7 @@ class LocalStore:
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ConfigError(f"invalid object key {key!r}")
+        _check_key(key)
         return self.root / key
 
     def write(self, key: str, data: bytes) -> None:
@@ -57,6 +73,12 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot delete {key}: {err.strerror}") from err
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix if prefix else self.root
         if base.is_dir():
@@ -65,18 +87,253 @@ class LocalStore:
                     yield path.relative_to(self.root).as_posix()
 
 
+def split_s3(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")``."""
+    if not url.startswith(S3_SCHEME):
+        raise ConfigError(f"not an s3:// URL: {url!r}")
+    bucket, _, key = url[len(S3_SCHEME):].partition("/")
+    if not bucket:
+        raise ConfigError(f"s3 URL without a bucket: {url!r}")
+    return bucket, key.strip("/")
+
+
+@lru_cache(maxsize=1)
+def s3_client():
+    """The fleet's one S3 client (thread-safe), configured from ``DICOMFLEET_S3_*``.
+
+    urllib3 retries are kept short and few: a longer outage is the series retry's business
+    (backoff with jitter in the worker), so a request never hangs a worker for minutes.
+    """
+    import urllib3
+    from minio import Minio
+
+    from .settings import Settings
+
+    s = Settings.from_env()
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=3.0, read=30.0), maxsize=16,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)))
+    return Minio(s.s3_endpoint, access_key=s.s3_access_key or None, secret_key=s.s3_secret_key or None,
+                 secure=s.s3_secure, region=s.s3_region or None, http_client=http)
+
+
+def _s3_fault(action: str, what: str, err: Exception) -> StorageError:
+    """A one-line StorageError for any minio/urllib3 failure (no URLs with query strings, no keys)."""
+    from minio.error import S3Error, ServerError
+
+    if isinstance(err, S3Error):
+        reason = f"{err.code}"
+    elif isinstance(err, ServerError):
+        reason = f"HTTP {err.status_code}"
+    else:
+        reason = type(err).__name__
+    return StorageError(f"cannot {action} {what} on S3: {reason}")
+
+
+def _s3_call(action: str, what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except StorageError:
+        raise
+    except Exception as err:  # minio raises S3Error/ServerError, urllib3 its own family
+        raise _s3_fault(action, what, err) from err
+
+
+def _is_missing(err: BaseException) -> bool:
+    from minio.error import S3Error
+
+    cause = err.__cause__
+    return isinstance(cause, S3Error) and cause.code in ("NoSuchKey", "NotFound", "ResourceNotFound")
+
+
+class S3Store:
+    """A prefix in an S3 bucket. PUT is atomic in S3: a reader sees the old object or the new."""
+
+    def __init__(self, url: str, client=None) -> None:
+        self.bucket, self.prefix = split_s3(url)
+        self.url = url.rstrip("/")
+        self._client = client
+
+    @property
+    def client(self):
+        return self._client or s3_client()
+
+    def _name(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def write(self, key: str, data: bytes) -> None:
+        _s3_call("write", key, self.client.put_object, self.bucket, self._name(key),
+                 io.BytesIO(data), len(data))
+
+    def read(self, key: str) -> bytes:
+        return _get(self.client, self.bucket, self._name(key), key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            _s3_call("stat", key, self.client.stat_object, self.bucket, self._name(key))
+        except StorageError as err:
+            if _is_missing(err):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        _s3_call("delete", key, self.client.remove_object, self.bucket, self._name(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._name(prefix) if prefix else self.prefix
+        start = len(self.prefix) + 1 if self.prefix else 0
+        for obj in _list(self.client, self.bucket, base):
+            yield obj.object_name[start:]
+
+
+def _get(client, bucket: str, name: str, what: str, offset: int = 0, length: int = 0) -> bytes:
+    def fetch() -> bytes:
+        resp = client.get_object(bucket, name, offset=offset, length=length)
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+    return _s3_call("read", what, fetch)
+
+
+def _list(client, bucket: str, prefix: str) -> list:
+    """Every object under a prefix (a listing is consumed whole so faults surface here)."""
+    base = f"{prefix.rstrip('/')}/" if prefix else None
+    return _s3_call("list", f"s3://{bucket}/{prefix}", lambda: sorted(
+        client.list_objects(bucket, prefix=base, recursive=True), key=lambda o: o.object_name))
+
+
 @lru_cache(maxsize=8)
 def open_store(url: str) -> Store:
-    """A store for a destination URL: a local directory (S3 URLs arrive with the fleet)."""
+    """A store for a destination URL: a local directory or ``s3://bucket/prefix``."""
+    if url.startswith(S3_SCHEME):
+        return S3Store(url)
     if "://" in url:
-        raise ConfigError(f"unsupported destination {url!r}: only local directories for now")
+        raise ConfigError(f"unsupported destination {url!r}: a directory or s3://bucket/prefix")
     return LocalStore(url)
 
 
+# --- sources -------------------------------------------------------------------------------
+
+class _RangedS3(io.RawIOBase):
+    """A seekable read-only view of one S3 object; every read is a ranged GET (headers only)."""
+
+    def __init__(self, client, bucket: str, name: str, size: int | None) -> None:
+        self.client, self.bucket, self.name, self.size, self.pos = client, bucket, name, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def _size(self) -> int:
+        if self.size is None:
+            st = _s3_call("stat", "source", self.client.stat_object, self.bucket, self.name)
+            self.size = int(st.size)
+        return self.size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: None}[whence]
+        self.pos = max(0, (self._size() if base is None else base) + offset)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        want = len(buf)
+        if want == 0 or (self.size is not None and self.pos >= self.size):
+            return 0
+        if self.size is not None:
+            want = min(want, self.size - self.pos)
+        data = _get(self.client, self.bucket, self.name, "source", self.pos, want)
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def is_s3(ref: str) -> bool:
+    return ref.startswith(S3_SCHEME)
+
+
+def iter_sources(src: str) -> Iterator[str]:
+    """Every object under an ``s3://bucket/prefix``, in key order.
+
+    Sizes and ETags come free with the listing and are remembered: the size spares the ranged
+    reader a HEAD request, the ETag identifies the object's content for job ids.
+    """
+    bucket, prefix = split_s3(src)
+    client = s3_client()
+    objects = _list(client, bucket, prefix)
+    if not objects:  # maybe the prefix names one object
+        if prefix and _exists_object(client, bucket, prefix):
+            objects = [_s3_call("stat", "source", client.stat_object, bucket, prefix)]
+        else:
+            raise FileNotFoundError(src)
+    for obj in objects:
+        if not obj.object_name.endswith("/"):
+            ref = f"{S3_SCHEME}{bucket}/{obj.object_name}"
+            _LISTED[ref] = (int(obj.size), (obj.etag or "").strip('"') or None)
+            yield ref
+
+
+def _exists_object(client, bucket: str, name: str) -> bool:
+    try:
+        _s3_call("stat", "source", client.stat_object, bucket, name)
+    except StorageError as err:
+        if _is_missing(err):
+            return False
+        raise
+    return True
+
+
+#: (size, etag) learnt from listings, by source reference
+_LISTED: dict[str, tuple[int, str | None]] = {}
+
+
+def open_source(ref: str) -> BinaryIO:
+    """A readable, seekable file for one source: the local file, or ranged GETs on S3."""
+    if is_s3(ref):
+        bucket, name = split_s3(ref)
+        raw = _RangedS3(s3_client(), bucket, name, _LISTED.get(ref, (None, None))[0])
+        return io.BufferedReader(raw, buffer_size=HEADER_BLOCK)
+    return open(ref, "rb")
+
+
 def read_source(ref: str) -> bytes:
-    """The bytes of one source instance (a local path)."""
+    """The bytes of one source instance (a local path or ``s3://bucket/key``)."""
+    if is_s3(ref):
+        bucket, name = split_s3(ref)
+        return _get(s3_client(), bucket, name, "source")
     try:
         with open(ref, "rb") as fh:
             return fh.read()
     except OSError as err:
         raise StorageError(f"cannot read source: {err.strerror}") from err
+
+
+def source_fingerprints(refs: Iterable[str]) -> list[str]:
+    """A content fingerprint per source, for job ids: the S3 ETag, or the SHA-256 of a local file."""
+    import hashlib
+
+    out = []
+    for ref in refs:
+        tag = _LISTED.get(ref, (None, None))[1]
+        if tag is None and is_s3(ref):
+            bucket, name = split_s3(ref)
+            tag = _s3_call("stat", "source", s3_client().stat_object, bucket, name).etag.strip('"')
+        if tag is None:
+            h = hashlib.sha256()
+            try:
+                with open(ref, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as err:
+                raise StorageError(f"cannot read source: {err.strerror}") from err
+            tag = "sha256:" + h.hexdigest()
+        out.append(tag)
+    return out
