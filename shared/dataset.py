@@ -34,6 +34,7 @@ HEADER_TAGS = (
     "SamplesPerPixel", "BitsAllocated", "Modality", "PhotometricInterpretation",
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins:"
 
 
 def _read(fp: BinaryIO, **kwargs) -> Dataset:
@@ -200,15 +201,17 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
     """Decoded pixels as pydicom gives them (YBR already RGB), after the budget check."""
     check_pixel_budget(ds, max_pixels)
     ts = ds.file_meta.get("TransferSyntaxUID", None)
+    name = getattr(ts, "name", None) or str(ts)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except NotImplementedError as err:
-        name = getattr(ts, "name", None) or str(ts)
         raise UnsupportedError(f"cannot decode transfer syntax {name}: {_first_line(err)}") from err
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError) as err:
-        raise InvalidDicomError(f"pixel data could not be decoded ({_first_line(err, 400)})") from err
+        detail = _first_line(err, 1000).replace(_ALL_PLUGINS_FAILED, "every decoder failed:")
+        raise InvalidDicomError(
+            f"(7FE0,0010) {name} pixel data could not be decoded ({detail[:300]})") from err
     if not arr.dtype.isnative:  # big endian sources: values kept, byte order made native
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
