@@ -6,7 +6,6 @@ import io
 
 import cv2
 import numpy as np
-import tifffile
 
 from .errors import VerificationError
 
@@ -27,6 +26,8 @@ def decode(fmt: str, buf: bytes) -> np.ndarray:
     if fmt in ("png", "png16"):
         return decode_png(buf)
     if fmt == "tiff":
+        import tifffile  # imported on first use, like the encoder
+
         return tifffile.imread(io.BytesIO(buf))
     if fmt == "npy":
         return np.load(io.BytesIO(buf), allow_pickle=False)

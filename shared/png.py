@@ -1,0 +1,84 @@
+"""A small PNG writer: Sub-filtered rows, deflated by ISA-L, in plain chunks with CRCs.
+
+Why our own: deflate is most of a slice's cost. libpng through OpenCV at zlib level 1 takes about
+2.8 ms for a 512×512 8-bit slice and 11 ms for a 16-bit one; ISA-L (PyPI ``isal``) writes a
+zlib-compatible stream of the same Sub-filtered rows in a tenth of that, at a similar size. The file
+is an ordinary PNG (IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the same pixels
+(tests/test_png.py). Without ``isal`` the standard library's zlib takes over, slower but identical
+in meaning.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+try:  # ISA-L: same zlib format, much faster at its low levels
+    from isal import isal_zlib as _deflater
+except ImportError:  # pragma: no cover - isal is a dependency; the fallback keeps PNG working
+    _deflater = zlib
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: ISA-L level 1 for 8-bit rows, 2 for 16-bit (smaller for noisy low bytes at the same speed).
+LEVELS = {8: 1, 16: 2} if _deflater is not zlib else {8: 1, 16: 1}
+_COLOUR_TYPE = {1: 0, 3: 2}  # samples per pixel → PNG colour type (grey, truecolour)
+_SUB = 1  # PNG filter type 1: each byte minus the byte one pixel to its left
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 over type and data."""
+    crc = _deflater.crc32(payload, _deflater.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc & 0xFFFFFFFF)
+
+
+def text_chunk(key: str, value: str) -> bytes:
+    """tEXt: a Latin-1 keyword of 1–79 characters, NUL, Latin-1 text."""
+    keyword = key.encode("latin-1")[:79]
+    if not keyword:
+        raise ValueError("PNG tEXt keyword must not be empty")
+    return chunk(b"tEXt", keyword + b"\0" + value.encode("latin-1", "replace"))
+
+
+def _layout(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(height, width, samples per pixel, bit depth) of an encodable array, else ValueError."""
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG holds uint8 or uint16 samples, not {img.dtype}")
+    if img.ndim == 2:
+        samples = 1
+    elif img.ndim == 3 and img.shape[2] in _COLOUR_TYPE:
+        samples = img.shape[2]
+    else:
+        raise ValueError(f"PNG needs an H×W or H×W×3 array, not shape {img.shape}")
+    height, width = img.shape[:2]
+    if not (0 < height < 1 << 31 and 0 < width < 1 << 31):
+        raise ValueError(f"PNG dimensions must be positive, got {height}×{width}")
+    return height, width, samples, 8 * img.dtype.itemsize
+
+
+def filtered_rows(img: np.ndarray) -> np.ndarray:
+    """The image data PNG deflates: per row a filter-type byte (Sub) and the filtered bytes.
+
+    Sub subtracts, byte by byte modulo 256, the corresponding byte of the pixel to the left, so
+    flat and smooth regions become runs of small values that deflate well.
+    """
+    height, width, samples, depth = _layout(img)
+    raw = img.astype(">u2", copy=False) if depth == 16 else img
+    rows = np.ascontiguousarray(raw).view(np.uint8).reshape(height, -1)
+    bpp = samples * depth // 8
+    out = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    out[:, 0] = _SUB
+    out[:, 1:1 + bpp] = rows[:, :bpp]
+    np.subtract(rows[:, bpp:], rows[:, :-bpp], out=out[:, 1 + bpp:])  # uint8 wraps: modulo 256
+    return out
+
+
+def encode_png(img: np.ndarray, text: dict[str, str] | None = None, *, level: int | None = None) -> bytes:
+    """An 8- or 16-bit grey (H×W) or RGB (H×W×3) array as PNG bytes, with tEXt chunks after IHDR."""
+    height, width, samples, depth = _layout(img)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPE[samples], 0, 0, 0)
+    data = _deflater.compress(filtered_rows(img), LEVELS[depth] if level is None else level)
+    parts = [SIGNATURE, chunk(b"IHDR", ihdr)]
+    parts += [text_chunk(k, v) for k, v in (text or {}).items()]
+    parts += [chunk(b"IDAT", data), chunk(b"IEND", b"")]
+    return b"".join(parts)

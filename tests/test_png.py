@@ -1,0 +1,148 @@
+"""shared/png.py: valid chunks and CRCs, and pixels that independent readers decode identically."""
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import subprocess
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared import png
+from shared.encode import encode_png as encode_output_png
+from tests.synthetic import write_series
+
+
+def _chunks(buf: bytes) -> list[tuple[bytes, bytes]]:
+    """Walk the chunks, checking every length and CRC with the standard library's zlib."""
+    assert buf[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, found = 8, []
+    while pos < len(buf):
+        (length,) = struct.unpack(">I", buf[pos:pos + 4])
+        kind, data = buf[pos + 4:pos + 8], buf[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", buf[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + data), kind
+        found.append((kind, data))
+        pos += 12 + length
+    assert pos == len(buf)
+    return found
+
+
+def _reference_decode(buf: bytes) -> np.ndarray:
+    """A decoder written from the PNG spec for the layouts we write (zlib inflate, all 5 filters)."""
+    chunks = _chunks(buf)
+    width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
+    samples = {0: 1, 2: 3}[colour]
+    bpp = samples * depth // 8
+    rows = np.frombuffer(zlib.decompress(b"".join(d for k, d in chunks if k == b"IDAT")), np.uint8)
+    rows = rows.reshape(height, 1 + width * bpp)
+    out = np.zeros((height, width * bpp), np.int32)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        up = out[y - 1] if y else np.zeros(width * bpp, np.int32)
+        for x in range(width * bpp):
+            a = out[y, x - bpp] if x >= bpp else 0
+            b, c = up[x], (up[x - bpp] if x >= bpp else 0)
+            pred = [0, a, b, (a + b) // 2, _paeth(a, b, c)][kind]
+            out[y, x] = (line[x] + pred) % 256
+    pixels = out.astype(np.uint8)
+    if depth == 16:
+        pixels = pixels.view(">u2").astype(np.uint16)
+    return pixels.reshape((height, width) if samples == 1 else (height, width, samples))
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+
+def _pillow(buf: bytes) -> np.ndarray:
+    img = Image.open(io.BytesIO(buf))
+    arr = np.asarray(img)
+    return arr.astype(np.uint16) if img.mode.startswith("I") else arr
+
+
+def _opencv(buf: bytes) -> np.ndarray:  # OpenCV decodes PNG with libpng
+    img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+    return img[..., ::-1] if img.ndim == 3 else img
+
+
+CASES = {
+    "grey8 ramp": np.tile(np.arange(256, dtype=np.uint8), (7, 2)),
+    "grey8 noise": np.random.default_rng(1).integers(0, 256, (33, 17), dtype=np.uint8),
+    "grey16 extremes": np.array([[0, 65535, 256, 255], [1, 32768, 65534, 4095]], dtype=np.uint16),
+    "grey16 noise": np.random.default_rng(2).integers(0, 65536, (19, 23), dtype=np.uint16),
+    "rgb8 noise": np.random.default_rng(3).integers(0, 256, (9, 11, 3), dtype=np.uint8),
+    "rgb16 noise": np.random.default_rng(4).integers(0, 65536, (5, 6, 3), dtype=np.uint16),
+    "one pixel": np.array([[200]], dtype=np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_independent_readers_decode_the_same_pixels(name):
+    img = CASES[name]
+    buf = png.encode_png(img, {"Software": "test", "dicomfleet:offset": "32768"})
+    readers = [_reference_decode, _opencv]
+    if name != "rgb16 noise":  # Pillow has no 16-bit RGB mode: it reads such files as 8-bit
+        readers.append(_pillow)
+    for reader in readers:
+        got = reader(buf)
+        assert got.dtype == img.dtype and np.array_equal(got, img), reader.__name__
+
+
+def test_chunks_ihdr_text_and_crcs():
+    buf = png.encode_png(CASES["grey16 noise"], {"Software": "dicomfleet 0.1.0", "dicomfleet:offset": "0"})
+    chunks = _chunks(buf)
+    assert [k for k, _ in chunks] == [b"IHDR", b"tEXt", b"tEXt", b"IDAT", b"IEND"]
+    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (23, 19, 16, 0, 0, 0, 0)
+    assert chunks[1][1] == b"Software\0dicomfleet 0.1.0"
+    assert Image.open(io.BytesIO(buf)).text == {"Software": "dicomfleet 0.1.0", "dicomfleet:offset": "0"}
+    assert chunks[-1][1] == b""
+
+
+def test_rows_are_sub_filtered():
+    rows = png.filtered_rows(np.array([[10, 12, 9], [255, 0, 1]], dtype=np.uint8))
+    assert rows.tolist() == [[1, 10, 2, 253], [1, 255, 1, 1]]
+    rows16 = png.filtered_rows(np.array([[0x0102, 0x0304]], dtype=np.uint16))
+    assert rows16.tolist() == [[1, 0x01, 0x02, 0x02, 0x02]]  # big-endian bytes, 2 bytes per pixel
+
+
+@pytest.mark.parametrize("img", [np.zeros((4, 4), np.int16), np.zeros((4, 4), np.float32),
+                                 np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4), np.uint8)])
+def test_unencodable_arrays_are_refused(img):
+    with pytest.raises(ValueError):
+        png.encode_png(img)
+
+
+def test_ct_slice_size_close_to_libpng(tmp_path):
+    """On a real-size CT slice the file stays within 10% of libpng's at zlib level 1 (8 and 16 bit)."""
+    import pydicom
+
+    ds = pydicom.dcmread(write_series(tmp_path, slices=1)[0])
+    stored = ds.pixel_array
+    grey8 = np.clip((stored.astype(np.int32) - 1024 - 40 + 200) * 255 // 400, 0, 255).astype(np.uint8)
+    for img in (grey8, stored):
+        ours = png.encode_png(img)
+        ref = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+        assert len(ours) <= 1.10 * len(ref), (img.dtype, len(ours), len(ref))
+        assert np.array_equal(_opencv(ours), img) and np.array_equal(_pillow(ours), img)
+
+
+@pytest.mark.skipif(shutil.which("pngfix") is None, reason="libpng's pngfix (libpng-tools) not installed")
+def test_libpng_pngfix_accepts_the_file(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(encode_output_png(CASES["rgb8 noise"], {"dicomfleet:offset": "0"}))
+    done = subprocess.run(["pngfix", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_output_png_keeps_rgb_order_and_software_text():
+    img = CASES["rgb8 noise"]
+    buf = encode_output_png(img)
+    assert np.array_equal(_pillow(buf), img)
+    assert Image.open(io.BytesIO(buf)).text["Software"].startswith("dicomfleet ")
