@@ -14,6 +14,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .dataset import decode_pixels, read_dataset
+from .deid import deidentify
+from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import DicomfleetError, Transient
 from .manifest import build_manifest, manifest_key
@@ -46,11 +48,17 @@ def _frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     return list(arr) if nframes > 1 else [arr]
 
 
-def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None = None) -> tuple[list[Output], dict]:
-    """Decode, render, encode and verify every requested output of one instance (no I/O)."""
+def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None = None,
+                    *, mask: tuple[Region, ...] = ()) -> tuple[list[Output], dict]:
+    """Decode, render, encode and verify every requested output of one instance (no I/O).
+
+    ``mask``: regions to black out in every frame (burned-in text), decided by de-identification.
+    """
     clock = clock or StageClock()
     with clock.stage("decode"):
         arr = decode_pixels(ds, max_pixels=opts.max_pixels)
+        if mask:
+            arr = mask_regions(arr, ds, regions=mask)
     frames = _frames(arr, ds)
     multi = len(frames) > 1
     colour = is_colour(ds)
@@ -128,7 +136,14 @@ def convert_instance(task: dict) -> dict:
             record["source_sha256"] = sha256(data)
         with clock.stage("parse"):
             ds = read_dataset(data)
-        outputs, info = convert_dataset(ds, opts, clock)
+        mask: tuple[Region, ...] = ()
+        if opts.deid:
+            with clock.stage("deid"):
+                deid = deidentify(ds, opts)
+            mask = deid.mask
+            if deid.masked_reason:
+                record["masked"] = deid.masked_reason
+        outputs, info = convert_dataset(ds, opts, clock, mask=mask)
         format_errors = info.pop("format_errors", None)
         record.update(info)
         if format_errors:

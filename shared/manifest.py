@@ -5,6 +5,7 @@ Deterministic: no timestamps or host names, so a re-run writes the same bytes to
 from __future__ import annotations
 
 from . import __version__
+from .deid import manifest_entry
 from .options import ConvertOptions
 
 SCHEMA = 1
@@ -25,8 +26,10 @@ def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions) -> di
         "schema": SCHEMA,
         "software": {"name": "dicomfleet", "version": __version__},
         "series": prefix,
-        "parameters": opts.to_json(),
+        # the map's file name is the user's choice and may say anything: only its use is recorded
+        "parameters": {k: v for k, v in opts.to_json().items() if k != "pseudonym_map"},
         "deidentified": opts.deid,
+        "deidentification": manifest_entry(opts),
         "counts": {
             "instances": len(records),
             "converted": sum(1 for r in records if not r["error"]),

@@ -73,6 +73,12 @@ class ConvertOptions:
     quality: int = 95
     deid: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: de-identification: PS3.15 option names (shared/deid/profile.py OPTIONS), the burned-in
+    #: policy (refuse|mask) with the regions to mask (x, y, w, h in pixels), the encrypted map file
+    deid_options: tuple[str, ...] = ()
+    burned_in: str = "refuse"
+    mask_regions: tuple[tuple[int, int, int, int], ...] = ()
+    pseudonym_map: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +94,23 @@ class ConvertOptions:
             raise ConfigError(f"quality must be 1..100, got {self.quality!r}")
         if int(self.max_pixels) < 1:
             raise ConfigError(f"max_pixels must be positive, got {self.max_pixels!r}")
+        self._check_deid()
+
+    def _check_deid(self) -> None:
+        from .deid.burned_in import POLICIES, parse_region
+        from .deid.profile import validate_options
+
+        if isinstance(self.deid_options, str):
+            raise ConfigError("deid_options must be a list of option names")
+        object.__setattr__(self, "deid_options", validate_options(tuple(self.deid_options)))
+        object.__setattr__(self, "mask_regions", tuple(parse_region(r) for r in self.mask_regions))
+        if self.burned_in not in POLICIES:
+            raise ConfigError(f"invalid burned-in policy {self.burned_in!r}: expected refuse or mask")
+        if self.burned_in == "mask" and not self.mask_regions:
+            raise ConfigError("--burned-in mask needs at least one --mask-region X,Y,W,H")
+        if not self.deid and (self.deid_options or self.pseudonym_map or self.burned_in == "mask"):
+            raise ConfigError("--deid-option, --burned-in mask and --pseudonym-map need "
+                              "de-identification on (drop --no-deid)")
 
     @property
     def window_spec(self) -> str | tuple[float, float]:

@@ -1,0 +1,117 @@
+"""De-identification (DICOM PS3.15 Annex E): the chain's step between parse and convert.
+
+`deidentify` applies the Basic Application Level Confidentiality Profile with the chosen options
+to a parsed dataset, in place, with keyed pseudonyms (see `pseudonyms`), refuses or flags for
+masking instances with burned-in text, records what it did in the dataset, and appends to the
+reversible map when one is configured. `pseudonymous_prefix` names the output directories.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from .. import __version__
+from ..errors import BurnedInAnnotationError
+from ..options import ConvertOptions
+from .actions import META_REMOVE, Context, clean_elements, walk
+from .burned_in import Region, burned_in_reason
+from .profile import action_table, load_table, method_codes
+from .pseudonyms import Pseudonymizer, current
+
+__all__ = ["DeidResult", "deidentify", "manifest_entry", "pseudonymous_prefix"]
+
+_CLEANING_OPTIONS = frozenset({"clean-descriptors", "retain-patient-chars", "retain-device-id"})
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """What the step decided for one instance (PHI-free: safe for records and manifests)."""
+
+    mask: tuple[Region, ...] = ()
+    masked_reason: str | None = None
+
+
+def pseudonymous_prefix(study_uid: str, series_uid: str) -> str:
+    """``<study>/<series>`` as the de-identified dataset's own UIDs: the output directory."""
+    pseudo = current()
+    return f"{pseudo.uid(study_uid)}/{pseudo.uid(series_uid)}"
+
+
+def patient_key(ds: Dataset) -> str:
+    """Who the instance belongs to, for the date shift and the map: Patient ID (with its issuer),
+    else name and birth date, else the study (so at least a study stays consistent)."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        return f"{pid}\0{issuer}" if issuer else pid
+    name = str(ds.get("PatientName", "") or "").strip()
+    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    if name or birth:
+        return f"{name}\0{birth}"
+    return "study\0" + str(ds.get("StudyInstanceUID", "") or "").strip()
+
+
+def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None = None) -> DeidResult:
+    """De-identify ``ds`` in place; raise BurnedInAnnotationError when its pixels may identify."""
+    reason = burned_in_reason(ds)
+    if reason and opts.burned_in != "mask":
+        raise BurnedInAnnotationError(
+            f"{reason}: refused, the pixels may show identifying text "
+            "(use --burned-in mask with --mask-region X,Y,W,H to black out the text)")
+    pseudo = pseudo or current()
+    key = patient_key(ds)
+    options = opts.deid_options
+    ctx = Context(pseudo, action_table(options), pseudo.shift_days(key),
+                  safe_private="retain-safe-private" in options,
+                  collect=not _CLEANING_OPTIONS.isdisjoint(options),
+                  pairs={} if opts.pseudonym_map else None)
+    walk(ds, ctx)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        for tag in META_REMOVE:
+            if tag in meta:
+                del meta[tag]
+        walk(meta, ctx)
+    clean_elements(ctx.to_clean, ctx.identifiers)
+    _stamp(ds, options, masked=reason is not None)
+    if opts.pseudonym_map:
+        from .mapping import Entry, open_map
+
+        open_map(opts.pseudonym_map).append(
+            Entry(key, pseudo.patient_id(key), ctx.shift_days, ctx.pairs or {}))
+    if reason:
+        return DeidResult(mask=opts.mask_regions, masked_reason=reason)
+    return DeidResult()
+
+
+def _stamp(ds: Dataset, options: tuple[str, ...], *, masked: bool) -> None:
+    """Record the profile and options in the dataset (PS3.3 C.7.1.1 Patient Identity Removed)."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = [f"dicomfleet {__version__}", f"{load_table().reference} Basic Profile",
+                                 *options]
+    items = []
+    for option in method_codes(options, masked=masked):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = option.code, "DCM", option.meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = (
+        "UNMODIFIED" if "retain-long-full-dates" in options else
+        "MODIFIED" if "retain-long-modified-dates" in options else "REMOVED")
+
+
+def manifest_entry(opts: ConvertOptions) -> dict | None:
+    """The manifest's record of the de-identification used (None when it was off)."""
+    if not opts.deid:
+        return None
+    return {
+        "profile": f"{load_table().reference} Basic Application Level Confidentiality Profile",
+        "options": list(opts.deid_options),
+        "codes": [{"code": o.code, "scheme": "DCM", "meaning": o.meaning}
+                  for o in method_codes(opts.deid_options)],
+        "burned_in": opts.burned_in,
+        "mask_regions": [list(r) for r in opts.mask_regions],
+        "pseudonym_map": bool(opts.pseudonym_map),
+    }

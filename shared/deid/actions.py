@@ -1,0 +1,215 @@
+"""Applying the profile's actions to a dataset: one pass over every element, into sequences.
+
+Attributes outside Table E.1-1 are kept (PS3.15 E.1.1) except private tags (removed unless Retain
+Safe Private keeps a known-safe one), overlays and curves (60xx, 50xx) and group lengths; UIDs
+outside the table that are not well-known DICOM UIDs are pseudonymised too (vendors embed dates
+and serial numbers in them).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID_dictionary
+
+from .profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, SAFE_PRIVATE, SHIFT, UID
+from .pseudonyms import Pseudonymizer, shift_date, shift_datetime
+
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "CS", "UR"})
+_NUMBER_STRINGS = frozenset({"IS", "DS"})
+_NUMBERS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+_BYTES = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+#: Values whose tokens identify (collected for cleaning descriptors); CS holds enumerated terms.
+_IDENTIFYING_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "DA", "DT"})
+_DUMMY_CONSTANTS = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y",
+                    "IS": "0", "DS": "0"}
+_WELL_KNOWN_UIDS = frozenset(UID_dictionary)
+_PATIENT_ID = 0x00100020
+#: File meta attributes naming the sending system (not in the table; identify a site/device).
+META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+
+_TOKEN = re.compile(r"[^\W_]+")
+_DIGIT_RUN = re.compile(r"\d{4}")
+_SPACES = re.compile(r"\s{2,}")
+_NUMERIC_TEXT = re.compile(r"[\d\s.+\-eE\\:/]*")
+_LETTER_RUN = re.compile(rb"[A-Za-z]{3}")
+
+
+@dataclass
+class Context:
+    """What one instance's pass needs: the pseudonyms, the actions, the patient's shift."""
+
+    pseudo: Pseudonymizer
+    table: dict[int, str]
+    shift_days: int
+    safe_private: bool = False
+    collect: bool = False  # gather identifying tokens (some action cleans text)
+    pairs: dict[str, str] | None = None  # original → pseudonym, for the reversible map
+    identifiers: set[str] = field(default_factory=set)
+    to_clean: list[DataElement] = field(default_factory=list)
+
+    def uid(self, value: str) -> str:
+        new = self.pseudo.uid(value)
+        if self.pairs is not None:
+            self.pairs[value.strip().rstrip("\0")] = new
+        return new
+
+
+def _empty(value) -> bool:
+    return value is None or (hasattr(value, "__len__") and len(value) == 0)
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+
+
+def _each(value, fn):
+    """Apply ``fn`` to one value or to each of a multi-value, keeping the shape."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [fn(v) for v in value]
+    return fn(value)
+
+
+def walk(ds: Dataset, ctx: Context) -> None:
+    """De-identify ``ds`` in place, recursively (the file meta is walked separately)."""
+    table = ctx.table
+    drop: list[int] = []
+    for elem in ds:
+        tag = elem.tag
+        action = table.get(tag)
+        if action is None:
+            group = tag >> 16
+            if group & 1:
+                if not (ctx.safe_private and _safe_private(ds, elem)):
+                    drop.append(tag)
+            elif group & 0xFF00 in (0x5000, 0x6000) or tag & 0xFFFF == 0:
+                drop.append(tag)
+            elif elem.VR == "SQ":
+                for item in elem.value or ():
+                    walk(item, ctx)
+            elif elem.VR == "UI" and group != 0x0002 and not _empty(elem.value):
+                elem.value = _each(elem.value, lambda v: v if v in _WELL_KNOWN_UIDS else ctx.uid(v))
+            continue
+        if action == REMOVE:
+            drop.append(tag)
+        elif action == KEEP:
+            continue
+        value = elem.value
+        if _empty(value):
+            continue
+        vr = elem.VR
+        if ctx.collect and action != CLEAN and vr in _IDENTIFYING_VRS:
+            _collect(ctx.identifiers, value)
+        if action == REMOVE:
+            continue
+        if action == UID:
+            if vr == "UI":
+                elem.value = _each(value, ctx.uid)
+            elif vr == "SQ":
+                for item in value:
+                    walk(item, ctx)
+            else:
+                drop.append(tag)
+        elif action == DUMMY:
+            _dummy(elem, tag, vr, ctx)
+        elif action == EMPTY:
+            elem.value = [] if vr == "SQ" else (b"" if vr in _BYTES else None)
+        elif action == SHIFT:
+            _shift(elem, vr, ctx.shift_days)
+        elif action == CLEAN:
+            if vr == "SQ":
+                for item in value:
+                    walk(item, ctx)
+            elif vr in _TEXT_VRS:
+                ctx.to_clean.append(elem)
+            else:
+                drop.append(tag)
+    for tag in drop:
+        del ds[tag]
+
+
+def _dummy(elem: DataElement, tag: int, vr: str, ctx: Context) -> None:
+    """Replace a value with a keyed pseudonym (text, UIDs) or a dummy of its VR."""
+    if vr == "SQ":
+        elem.value = []  # items of D sequences (persons, annotations) hold identifying codes
+    elif tag == _PATIENT_ID:
+        original = " ".join(str(v) for v in _values(elem.value))
+        elem.value = ctx.pseudo.patient_id(original)
+        if ctx.pairs is not None:
+            ctx.pairs[original] = elem.value
+    elif vr in _TEXT_VRS:
+        elem.value = ctx.pseudo.text("\\".join(str(v) for v in _values(elem.value)))
+    elif vr in _DUMMY_CONSTANTS:
+        elem.value = _DUMMY_CONSTANTS[vr]
+    elif vr == "UI":
+        elem.value = _each(elem.value, ctx.uid)
+    elif vr in _NUMBERS:
+        elem.value = 0
+    elif vr in _BYTES:
+        elem.value = b"\0\0"
+    else:  # AT and anything unforeseen: nothing safe to put there
+        elem.value = None
+
+
+def _shift(elem: DataElement, vr: str, days: int) -> None:
+    """Modified Dates: dates move by the patient's shift, times stay; unparseable values go."""
+    if vr == "TM":
+        return
+    fn = shift_date if vr == "DA" else shift_datetime if vr == "DT" else None
+    if fn is None:
+        elem.value = None
+        return
+    shifted = [fn(str(v), days) for v in _values(elem.value)]
+    if any(s is None for s in shifted):
+        elem.value = None
+    else:
+        elem.value = shifted if len(shifted) > 1 else shifted[0]
+
+
+def _collect(identifiers: set[str], value) -> None:
+    for v in _values(value):
+        identifiers.update(t.upper() for t in _TOKEN.findall(str(v)) if len(t) >= 2)
+
+
+def clean_text(text: str, identifiers: set[str]) -> str:
+    """Drop every token of the instance's identifying values and every run of 4+ digits
+    (dates, IDs, phone numbers) from a descriptor; keep the rest of its words."""
+    def keep(match: re.Match) -> str:
+        token = match.group()
+        return "" if token.upper() in identifiers or _DIGIT_RUN.search(token) else token
+
+    return _SPACES.sub(" ", _TOKEN.sub(keep, text)).strip()
+
+
+def clean_elements(elements: Iterable[DataElement], identifiers: set[str]) -> None:
+    for elem in elements:
+        elem.value = _each(elem.value, lambda v: clean_text(str(v), identifiers))
+
+
+def _safe_private(ds: Dataset, elem: DataElement) -> bool:
+    """True for a private creator of a safe block, or a safe element whose value looks numeric."""
+    tag = elem.tag
+    group, element = tag >> 16, tag & 0xFFFF
+    if 0x0010 <= element <= 0x00FF:
+        creator = str(elem.value or "").strip()
+        return any(g == group and c == creator for g, c in SAFE_PRIVATE)
+    if element < 0x1000:
+        return False
+    creator_elem = ds.get((group << 16) | (element >> 8))
+    creator = str(creator_elem.value or "").strip() if creator_elem is not None else ""
+    if (element & 0xFF) not in SAFE_PRIVATE.get((group, creator), ()):
+        return False
+    return _looks_numeric(elem)
+
+
+def _looks_numeric(elem: DataElement) -> bool:
+    if elem.VR in _NUMBERS:
+        return True
+    value = elem.value
+    if isinstance(value, bytes):
+        return _LETTER_RUN.search(value) is None
+    return all(_NUMERIC_TEXT.fullmatch(str(v)) for v in _values(value))
