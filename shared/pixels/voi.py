@@ -122,7 +122,9 @@ def apply_window(values: np.ndarray, window: Window, *, out_max: float = 255.0) 
     if window.lut is not None:
         first, bits, data = window.lut
         table = np.asarray(data, dtype=np.float64)
-        idx = np.clip(np.rint(x) - first, 0, table.size - 1).astype(np.intp)
+        # entry k covers inputs [k, k+1): non-integer modality values (rescale slope) are floored,
+        # as DCMTK does; PS3.3 C.11.2.1.1 clamps inputs outside the table to its first/last entry
+        idx = np.clip(np.floor(x) - first, 0, table.size - 1).astype(np.intp)
         top = float((1 << bits) - 1)
         peak = table.max() if table.size else top
         if peak > top:  # descriptor understates the depth (a known producer error): trust the data
