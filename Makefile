@@ -18,7 +18,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PY) -m tests.synthetic $(DEMO)/in --slices 40
-	$(VENV)/bin/dicomfleet convert $(DEMO)/in --out $(DEMO)/out --format png --format tiff --no-deid
+	$(VENV)/bin/dicomfleet convert $(DEMO)/in --out $(DEMO)/out --format png --format tiff
 	@echo "outputs and manifest under $(DEMO)/out"
 
 test: $(STAMP)

@@ -1,6 +1,7 @@
 """The `dicomfleet` command line. Exit codes: 0 all converted, 1 some instances failed, 2 usage."""
 from __future__ import annotations
 
+import secrets
 import sys
 from typing import Annotated
 
@@ -59,6 +60,8 @@ def print_summary(s: RunSummary) -> None:
         f"{len(s.failures)} failed in {s.seconds:.1f} s ({rate:.1f} instances/s)", highlight=False, soft_wrap=True)
     for reason, count in sorted(s.skipped.items()):
         err.print(f"  skipped {count} file(s): {reason}", highlight=False, soft_wrap=True)
+    for reason, count in sorted(s.masked.items()):
+        err.print(f"  masked {count} instance(s): {reason}", highlight=False, soft_wrap=True)
     for prefix, index, reason in s.failures:
         err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False, soft_wrap=True)
 
@@ -73,15 +76,26 @@ def convert(
     quality: Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")] = 95,
     workers: Annotated[int, typer.Option(envvar="DICOMFLEET_WORKERS", help="Processes (default: all cores).")] = 0,
     no_deid: Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")] = False,
+    deid_option: Annotated[list[str], typer.Option(
+        "--deid-option", help="PS3.15 option, repeatable: retain-long-full-dates, retain-long-modified-dates, "
+        "retain-patient-chars, retain-device-id, retain-institution-id, retain-safe-private, clean-descriptors.")] = [],  # noqa: B006
+    burned_in: Annotated[str, typer.Option(envvar="DICOMFLEET_BURNED_IN",
+                                           help="Instances that may show burned-in text: refuse|mask.")] = "refuse",
+    mask_region: Annotated[list[str], typer.Option(
+        "--mask-region", help="X,Y,W,H in pixels to black out with --burned-in mask; repeatable.")] = [],  # noqa: B006
+    pseudonym_map: Annotated[str | None, typer.Option(
+        envvar="DICOMFLEET_PSEUDONYM_MAP",
+        help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")] = None,
     max_pixels: Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
                                             help="Refuse instances declaring more samples than this.")] = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     try:
         opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, deid_options=tuple(deid_option), burned_in=burned_in,
+                              mask_regions=tuple(mask_region), pseudonym_map=pseudonym_map)
         if opts.deid:
-            _require_deid()
+            _prepare_deid(opts)
     except ConfigError as e:
         raise _usage(str(e)) from e
     bar = _Bar() if sys.stderr.isatty() else None
@@ -96,12 +110,75 @@ def convert(
     raise typer.Exit(1 if summary.failures else 0)
 
 
-def _require_deid() -> None:
+def _prepare_deid(opts: ConvertOptions) -> None:
+    """Check the keys before any work; on one machine, create missing ones once (0600)."""
+    from shared.deid import keys, mapping, pseudonyms
+
+    notices = [keys.ensure_local_secret(pseudonyms.KEY_NAME, "deid.key", lambda: secrets.token_hex(32),
+                                        "de-identification", "to get the same pseudonyms in later runs")]
+    pseudonyms.deid_key()
+    if opts.pseudonym_map:
+        notices.append(keys.ensure_local_secret(mapping.KEY_NAME, "pseudonym-map.key", mapping.new_key,
+                                                "pseudonym map", "secret: it re-identifies the map"))
+        mapping.map_key_fernet()
+    for line in filter(None, notices):
+        err.print(line, highlight=False, soft_wrap=True)
+
+
+map_app = typer.Typer(no_args_is_help=True, help="The encrypted pseudonym map (GDPR access and erasure).")
+app.add_typer(map_app, name="pseudonym-map")
+
+
+def _patient_value(value: str | None) -> str:
+    """The patient to look up: the argument, else one line from stdin (keeps PHI out of argv)."""
+    from shared.deid import keys, mapping
+
+    keys.use_local_secret(mapping.KEY_NAME, "pseudonym-map.key")
+    value = value if value is not None else sys.stdin.readline()
+    if not value.strip():
+        raise _usage("name the patient: a Patient ID, its pseudonym, or a UID of theirs (or on stdin)")
+    return value.strip()
+
+
+@map_app.command("forget")
+def map_forget(
+    file: Annotated[str, typer.Argument(help="The pseudonym map file.")],
+    patient: Annotated[str | None, typer.Argument(
+        help="Patient ID, patient pseudonym, or any original/pseudonymous UID of theirs; stdin if omitted.")] = None,
+) -> None:
+    """Erase one patient's entries from the map (right to erasure)."""
+    from shared.deid.mapping import PseudonymMap
+
     try:
-        import shared.deid  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(
-            "de-identification is not available yet; pass --no-deid to convert identifiable data") from e
+        removed, patients = PseudonymMap(file).forget(_patient_value(patient))
+    except ConfigError as e:
+        raise _usage(str(e)) from e
+    err.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} of {patients} patient(s)", highlight=False)
+    raise typer.Exit(0 if patients else 1)
+
+
+@map_app.command("show")
+def map_show(
+    file: Annotated[str, typer.Argument(help="The pseudonym map file.")],
+    patient: Annotated[str | None, typer.Argument(
+        help="Patient ID, patient pseudonym, or any original/pseudonymous UID of theirs; stdin if omitted.")] = None,
+) -> None:
+    """Print one patient's original→pseudonym pairs as JSON (right of access)."""
+    import json
+
+    from shared.deid.mapping import PseudonymMap
+
+    try:
+        entries = PseudonymMap(file).patient_entries(_patient_value(patient))
+    except ConfigError as e:
+        raise _usage(str(e)) from e
+    merged: dict[str, dict] = {}
+    for e in entries:
+        m = merged.setdefault(e.patient, {"patient": e.patient, "patient_pseudonym": e.patient_pseudonym,
+                                          "date_shift_days": -e.shift_days, "pairs": {}})
+        m["pairs"].update(e.pairs)
+    typer.echo(json.dumps(list(merged.values()), indent=2, sort_keys=True))
+    raise typer.Exit(0 if merged else 1)
 
 
 def main() -> None:

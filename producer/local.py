@@ -30,6 +30,7 @@ class RunSummary:
     outputs: int = 0
     failures: list[tuple[str, int, str]] = field(default_factory=list)  # (series prefix, index, reason)
     skipped: Counter = field(default_factory=Counter)
+    masked: Counter = field(default_factory=Counter)  # burned-in reason → instances masked
     seconds: float = 0.0
 
     @property
@@ -59,6 +60,8 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
             def on_record(record: dict, prefix: str = prefix) -> None:
                 summary.instances += 1
                 summary.outputs += len(record["outputs"])
+                if record.get("masked"):
+                    summary.masked[record["masked"]] += 1
                 if record["error"]:
                     summary.failures.append((prefix, record["index"], record["error"]["reason"]))
                 if progress is not None:

@@ -20,7 +20,8 @@ def config_dir() -> Path:
     return Path(base) / "dicomfleet"
 
 
-def ensure_local_secret(name: str, filename: str, make: Callable[[], str], what: str) -> str | None:
+def ensure_local_secret(name: str, filename: str, make: Callable[[], str], what: str,
+                        why: str) -> str | None:
     """Use ``DICOMFLEET_<NAME>`` if set; else the user's key file, created if missing.
 
     Returns a one-line notice when a new key was created (None otherwise).
@@ -40,7 +41,14 @@ def ensure_local_secret(name: str, filename: str, make: Callable[[], str], what:
     else:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(make() + "\n")
-        notice = (f"created a new {what} key in {path} (mode 0600); keep it to get the same "
-                  f"pseudonyms in later runs, or set {ENV_PREFIX}{name}")
+        notice = f"created a new {what} key in {path} (mode 0600): keep it {why}"
     os.environ[f"{ENV_PREFIX}{name}_FILE"] = str(path)
     return notice
+
+
+def use_local_secret(name: str, filename: str) -> None:
+    """Point ``DICOMFLEET_<NAME>_FILE`` at the user's key file when the variable is unset and the
+    file exists (commands that read with a key but must never create one)."""
+    path = config_dir() / filename
+    if not env(name) and path.is_file():
+        os.environ[f"{ENV_PREFIX}{name}_FILE"] = str(path)
