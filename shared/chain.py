@@ -22,9 +22,12 @@ from .manifest import build_manifest, manifest_key
 from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
 from .pixels.render import is_colour
+from .runtime import tune_process
 from .store import Store, open_store, read_source
 from .timing import StageClock
 from .verify import sha256, verify_lossless, verify_lossy
+
+tune_process()  # malloc and OpenCV threads set for one instance after another (shared/runtime.py)
 
 
 @dataclass
