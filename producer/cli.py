@@ -181,5 +181,108 @@ def map_show(
     raise typer.Exit(0 if merged else 1)
 
 
+# --- the fleet: submit, worker, status ------------------------------------------------------
+
+
+def _fleet_settings():
+    from shared.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as e:
+        raise _usage(str(e)) from e
+
+
+@app.command()
+def submit(
+    sources: Annotated[list[str], typer.Argument(help="Directories, files or s3://bucket/prefix (headers only).")],
+    out: Annotated[str, typer.Option("--out", "-o", envvar="DICOMFLEET_OUT", help="s3://bucket/prefix or a directory the workers share.")],
+    fmt: Annotated[list[Format], typer.Option("--format", "-f", help="Output format; repeat for several.")] = [Format.PNG],  # noqa: B006
+    window: Annotated[str, typer.Option(envvar="DICOMFLEET_WINDOW",
+                                        help="default|auto|lung|mediastinum|bone|brain|C,W")] = "default",
+    quality: Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")] = 95,
+    no_deid: Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")] = False,
+    max_pixels: Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
+                                            help="Refuse instances declaring more samples than this.")] = DEFAULT_MAX_PIXELS,
+    priority: Annotated[str, typer.Option(help="normal, or high: the real-time queue workers drain first.")] = "normal",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every job is done or failed.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds (0: never).")] = 0,
+) -> None:
+    """Queue one job per series for the workers; series already done at the target are skipped."""
+    from shared.errors import DicomfleetError
+
+    from .submit import submit as submit_jobs, wait as wait_jobs
+
+    if priority not in ("normal", "high"):
+        raise _usage(f"--priority must be normal or high, got {priority!r}")
+    settings = _fleet_settings()
+    try:
+        opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
+                              max_pixels=max_pixels)
+        result = submit_jobs(sources, out, opts, priority=priority, settings=settings)
+    except FileNotFoundError as e:
+        raise _usage(f"no such file or directory: {e.args[0]}") from e
+    except DicomfleetError as e:
+        raise _usage(str(e)) from e
+    for job in result.jobs:
+        typer.echo(f"{job.job_id}  {job.outcome:<12} {job.instances:>5} instances  {job.prefix}")
+    for reason, count in sorted(result.skipped.items()):
+        err.print(f"  skipped {count} file(s): {reason}", highlight=False, soft_wrap=True)
+    err.print(f"{len(result.jobs)} series: {len(result.queued)} queued in {result.seconds:.1f} s", highlight=False)
+    if not wait:
+        raise typer.Exit(0)
+    try:
+        records = wait_jobs([j.job_id for j in result.jobs if j.outcome != "already done"],
+                            settings=settings, timeout=timeout or None)
+    except (TimeoutError, DicomfleetError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    bad = [(jid, r) for jid, r in records.items() if r.get("state") != "done" or r.get("failed")]
+    for jid, r in bad:
+        err.print(f"  [red]{r.get('state')}[/red] {jid} {r.get('prefix', '')}: "
+                  f"{r.get('reason') or '; '.join(r.get('failures') or [])}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(envvar="DICOMFLEET_WORKER_CONCURRENCY",
+                                             help="Processes converting the series in hand (0: one per core).")] = 0,
+    queues: Annotated[str, typer.Option(help="Queues to drain, first first (default: high, then normal).")] = "",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """A Celery worker with the fleet's settings: one series at a time, its instances in parallel."""
+    import os
+
+    os.environ["DICOMFLEET_WORKER_CONCURRENCY"] = str(concurrency)
+    settings = _fleet_settings()
+    from workers.tasks import app as celery_app
+
+    names = queues or f"{settings.queue_high},{settings.queue}"
+    celery_app.worker_main(["worker", "--queues", names, "--loglevel", loglevel, "--without-gossip",
+                            "--without-mingle", "--without-heartbeat"])
+
+
+@app.command("status")
+def status_cmd(
+    jobs: Annotated[list[str] | None, typer.Argument(help="Job ids (as `submit` printed them).")] = None,
+    all_jobs: Annotated[bool, typer.Option("--all", help="Every job, not just the failed ones.")] = False,
+) -> None:
+    """Queued / running / done / failed counts, and the reason of every failure."""
+    from shared.errors import DicomfleetError
+
+    from .status import status
+
+    try:
+        report = status(jobs or None, settings=_fleet_settings())
+    except DicomfleetError as e:
+        raise _usage(str(e)) from e
+    if jobs and not report.jobs:
+        raise _usage(f"no such job: {', '.join(jobs)}")
+    for line in report.lines(detail=all_jobs or bool(jobs)):
+        typer.echo(line)
+    raise typer.Exit(1 if report.counts["failed"] else 0)
+
+
 def main() -> None:
     app()

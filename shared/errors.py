@@ -75,3 +75,9 @@ class StorageError(Transient):
     """A storage backend could not be read or written."""
 
     code = "storage"
+
+
+class BrokerError(Transient):
+    """The job broker / state store (Redis) could not be reached."""
+
+    code = "broker"

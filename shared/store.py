@@ -117,6 +117,10 @@ def s3_client():
                  secure=s.s3_secure, region=s.s3_region or None, http_client=http)
 
 
+# A forked process (a worker's pool) must not share the parent's HTTP connections.
+os.register_at_fork(after_in_child=s3_client.cache_clear)
+
+
 def _s3_fault(action: str, what: str, err: Exception) -> StorageError:
     """A one-line StorageError for any minio/urllib3 failure (no URLs with query strings, no keys)."""
     from minio.error import S3Error, ServerError

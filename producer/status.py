@@ -1,0 +1,53 @@
+"""`dicomfleet status`: queued / running / done / failed counts and the reasons, from the ledger."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from shared.ledger import Ledger
+from shared.settings import Settings
+
+#: the four headline buckets; `retrying` is running, a dead letter has failed
+BUCKET = {"queued": "queued", "running": "running", "retrying": "running", "done": "done",
+          "failed": "failed", "dead": "failed"}
+
+
+@dataclass
+class StatusReport:
+    counts: Counter = field(default_factory=Counter)
+    jobs: dict[str, dict] = field(default_factory=dict)
+    queues: dict[str, int] = field(default_factory=dict)
+    instances_failed: int = 0
+
+    def lines(self, *, detail: bool) -> list[str]:
+        c = self.counts
+        out = [f"{c['queued']} queued, {c['running']} running, {c['done']} done, {c['failed']} failed"
+               f" (waiting in queues: {self.queues.get('high', 0)} high, {self.queues.get('normal', 0)} normal)"]
+        for jid, job in sorted(self.jobs.items(), key=lambda kv: kv[1].get("submitted", 0)):
+            state = job.get("state", "?")
+            if detail or state in ("failed", "dead") or job.get("failed"):
+                line = f"{jid}  {state:<8} {job.get('prefix', '')}"
+                if state == "done":
+                    line += (f"  {job.get('converted', 0)}/{job.get('instances', 0)} converted,"
+                             f" {job.get('outputs', 0)} outputs")
+                if state == "running" and job.get("worker"):
+                    line += f"  on {job['worker']}"
+                if job.get("reason"):
+                    line += f"  reason: {job['reason']}"
+                out.append(line)
+                for failure in job.get("failures") or []:
+                    out.append(f"    instance {failure}")
+        return out
+
+
+def status(job_ids: list[str] | None = None, *, settings: Settings | None = None) -> StatusReport:
+    """The ledger's view of the given jobs (or all): two round trips whatever the job count."""
+    s = settings or Settings.from_env()
+    ledger = Ledger(s)
+    report = StatusReport()
+    report.jobs = ledger.jobs(job_ids)
+    for job in report.jobs.values():
+        report.counts[BUCKET.get(job.get("state"), "queued")] += 1
+        report.instances_failed += int(job.get("failed", 0) or 0)
+    report.queues = ledger.queue_lengths({"high": s.queue_high, "normal": s.queue})
+    return report
