@@ -1,0 +1,344 @@
+"""Prometheus metrics of a worker: stage histograms, outcomes, bytes, retries, queue state.
+
+Prefork-safe: prometheus-client's multiprocess mode, one mmap shard per process under
+``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when unset), merged at scrape time.
+Label values come only from closed sets (the chain's STAGES, the error classes' ``code``, the
+output formats, the two queue names), so no PHI and no unbounded series can reach a label.
+
+The worker's main process serves ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (consuming)
+on ``DICOMFLEET_METRICS_PORT``; ``python -m workers.metrics probe`` checks ``/healthz`` (the
+image's HEALTHCHECK).
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _multiproc_dir() -> Path:
+    """The shard directory, created (and exported to child processes) before prometheus_client loads."""
+    path = os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower())
+    if not path:
+        path = tempfile.mkdtemp(prefix="dicomfleet-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+        owner = os.getpid()  # the creator removes it at exit; children inherit and leave it
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+_multiproc_dir()
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.exposition import choose_encoder  # noqa: E402
+
+if not getattr(values.ValueClass, "_multiprocess", False):
+    # prometheus_client was imported before the directory was set: switch to mmap-backed values.
+    values.ValueClass = values.get_value_class()
+
+from shared import __version__  # noqa: E402
+from shared.errors import DicomfleetError  # noqa: E402
+from shared.options import Format  # noqa: E402
+from shared.timing import STAGES  # noqa: E402
+
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SERIES_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
+#: Series outcomes: all instances converted, some failed (manifest written), failed as a whole, parked.
+SERIES_OUTCOMES = ("done", "partial", "failed", "dead")
+
+STAGE_SECONDS = Histogram("dicomfleet_stage_seconds", "Seconds per instance spent in each stage of the chain",
+                          ["stage"], buckets=STAGE_BUCKETS)
+SERIES_SECONDS = Histogram("dicomfleet_series_seconds", "Seconds to convert one series (manifest written)",
+                           buckets=SERIES_BUCKETS)
+INSTANCES = Counter("dicomfleet_instances", "Instances converted or failed, by reason code",
+                    ["outcome", "reason"])
+SERIES = Counter("dicomfleet_series", "Series jobs by outcome and reason code", ["outcome", "reason"])
+BYTES_IN = Counter("dicomfleet_bytes_in", "Bytes of DICOM source read")
+BYTES_OUT = Counter("dicomfleet_bytes_out", "Bytes of output written, by format", ["format"])
+RETRIES = Counter("dicomfleet_retries", "Series retried after a transient fault, by reason code", ["reason"])
+DEAD_LETTERS = Counter("dicomfleet_dead_letters", "Jobs parked as dead-letter, by reason code", ["reason"])
+
+
+@functools.cache
+def _codes() -> frozenset[str]:
+    found, todo = {"internal", "dead_letter"}, [DicomfleetError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.code)
+        todo.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+def reason_code(code: object) -> str:
+    """A label-safe reason: one of the error classes' codes, else ``other`` (never free text)."""
+    if not code:
+        return "none"
+    if code not in _codes():
+        _codes.cache_clear()  # an error class defined after the first call (e.g. a late import)
+    return code if code in _codes() else "other"
+
+
+def _format(name: object) -> str:
+    return name if name in {f.value for f in Format} else "other"
+
+
+def observe_instance(record: dict) -> None:
+    """Count one instance record of `shared.chain.convert_instance` (the ``on_record`` hook)."""
+    error = record.get("error")
+    INSTANCES.labels("failed" if error else "converted", reason_code(error and error.get("code"))).inc()
+    for stage, seconds in (record.get("stages") or {}).items():
+        if stage in STAGES:
+            STAGE_SECONDS.labels(stage).observe(seconds)
+    if record.get("source_bytes"):
+        BYTES_IN.inc(record["source_bytes"])
+    for out in record.get("outputs", ()):
+        BYTES_OUT.labels(_format(out.get("format"))).inc(out.get("size", 0))
+
+
+def observe_series(outcome: str, seconds: float | None = None, code: str | None = None) -> None:
+    """Count one finished series job; ``seconds`` (when a manifest was written) feeds the latency histogram."""
+    if outcome not in SERIES_OUTCOMES:
+        raise ValueError(f"series outcome must be one of {SERIES_OUTCOMES}, got {outcome!r}")
+    SERIES.labels(outcome, reason_code(code)).inc()
+    if seconds is not None:
+        SERIES_SECONDS.observe(seconds)
+
+
+def count_retry(code: str | None) -> None:
+    RETRIES.labels(reason_code(code)).inc()
+
+
+def count_dead_letter(code: str | None = "dead_letter") -> None:
+    DEAD_LETTERS.labels(reason_code(code)).inc()
+
+
+# --- queue state, read from Redis at scrape time ---------------------------------------------
+
+def _job_id(raw: str) -> str | None:
+    """The job id inside a queued Celery message (kombu's JSON envelope, base64 body)."""
+    try:
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]["job_id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+class QueueCollector:
+    """``dicomfleet_queue_depth`` and ``dicomfleet_queue_oldest_age_seconds`` per queue, and
+    ``dicomfleet_broker_up``: a few Redis round trips per scrape, in the serving process only."""
+
+    def __init__(self, settings, client=None) -> None:
+        self.settings = settings
+        self._client = client
+
+    def _redis(self):
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=3,
+                                                socket_connect_timeout=3, decode_responses=True)
+        return self._client
+
+    def collect(self) -> Iterable:
+        import redis
+
+        queues = (self.settings.queue_high, self.settings.queue)
+        up = GaugeMetricFamily("dicomfleet_broker_up", "1 when the broker answered this scrape")
+        depth = GaugeMetricFamily("dicomfleet_queue_depth", "Jobs waiting in each queue", labels=["queue"])
+        age = GaugeMetricFamily("dicomfleet_queue_oldest_age_seconds",
+                                "Seconds the oldest waiting job has waited (0 when the queue is empty)",
+                                labels=["queue"])
+        try:
+            client = self._redis()
+            pipe = client.pipeline(transaction=False)
+            for q in queues:
+                pipe.llen(q)
+                pipe.lindex(q, -1)  # kombu pushes on the left and pops on the right: -1 is the oldest
+            rows = pipe.execute()
+            oldest = {q: _job_id(rows[2 * i + 1]) if rows[2 * i + 1] else None for i, q in enumerate(queues)}
+            pipe = client.pipeline(transaction=False)
+            for job in oldest.values():
+                pipe.hget(f"{self.settings.key_prefix}:job:{job}", "submitted")
+            submitted = pipe.execute()
+        except redis.RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        now = time.time()
+        up.add_metric([], 1)
+        for i, q in enumerate(queues):
+            depth.add_metric([q], rows[2 * i])
+            if not rows[2 * i]:
+                age.add_metric([q], 0)
+            elif submitted[i] is not None:
+                age.add_metric([q], max(0.0, now - float(json.loads(submitted[i]))))
+        yield from (up, depth, age)
+
+
+class BuildInfo:
+    def collect(self) -> Iterable:
+        info = GaugeMetricFamily("dicomfleet_build_info", "The running dicomfleet version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+_ready = threading.Event()
+
+
+def mark_ready(ready: bool = True) -> None:
+    """``/readyz`` answers 200 from the moment the worker consumes until it shuts down."""
+    _ready.set() if ready else _ready.clear()
+
+
+def reset_shards() -> None:
+    """Remove shards left by an earlier run (an emptyDir outlives a container restart).
+
+    This process's own shards stay: they are open (mmap) since this module was imported.
+    """
+    own = f"_{os.getpid()}.db"
+    for shard in _multiproc_dir().glob("*.db"):
+        if not shard.name.endswith(own):
+            shard.unlink(missing_ok=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    multiprocess.mark_process_dead(pid)
+
+
+def registry(settings=None, client=None) -> CollectorRegistry:
+    """Every process's shards merged, plus queue state when ``settings`` are given."""
+    reg = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(reg)
+    reg.register(BuildInfo())
+    if settings is not None:
+        reg.register(QueueCollector(settings, client))
+    return reg
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, encoder(self.registry), content_type)
+        elif path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            self._send(200, b"ready\n") if _ready.is_set() else self._send(503, b"not consuming\n")
+        else:
+            self._send(404, b"not found\n")
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # scrapes every 30 s are not news
+        pass
+
+
+def serve(port: int, settings=None, *, host: str = "0.0.0.0", client=None) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz and /readyz from a daemon thread; returns the server (``.shutdown()``)."""
+    handler = type("Handler", (_Handler,), {"registry": registry(settings, client)})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def install(app, settings) -> None:
+    """Wire metrics into a Celery worker: fresh shards and the server at start, readiness,
+    retries, and dead pool processes' gauges (prefork)."""
+    from celery import signals
+
+    if not settings.metrics_port:
+        return
+
+    @signals.worker_init.connect(weak=False)
+    def _start(**_) -> None:
+        reset_shards()
+        serve(settings.metrics_port, settings)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready_on(**_) -> None:
+        mark_ready(True)
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _ready_off(**_) -> None:
+        mark_ready(False)
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _dead(pid=None, **_) -> None:
+        mark_process_dead(pid or os.getpid())
+
+    @signals.task_retry.connect(weak=False)
+    def _retry(reason=None, **_) -> None:
+        cause = getattr(reason, "exc", None) or reason  # celery.exceptions.Retry wraps the fault
+        count_retry(getattr(cause, "code", "other"))
+
+
+def probe(port: int, path: str = "/healthz", timeout: float = 3.0) -> str | None:
+    """None when ``path`` answers 200 on localhost, else a one-line reason."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urlopen(url, timeout=timeout) as resp:  # noqa: S310 (a fixed loopback URL)
+            return None if resp.status == 200 else f"{url} answered {resp.status}"
+    except HTTPError as err:
+        return f"{url} answered {err.code}"
+    except (URLError, OSError) as err:
+        return f"{url} did not answer ({getattr(err, 'reason', err)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workers.metrics probe [PATH]``: exit 0 when the worker's endpoint answers 200."""
+    from shared.errors import ConfigError
+    from shared.settings import Settings
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "probe" or len(args) > 2:
+        print("usage: python -m workers.metrics probe [/healthz|/readyz|/metrics]", file=sys.stderr)
+        return 2
+    try:
+        port = Settings.from_env().metrics_port
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not port:
+        print("error: DICOMFLEET_METRICS_PORT is 0: no metrics server to probe", file=sys.stderr)
+        return 2
+    problem = probe(port, args[1] if len(args) > 1 else "/healthz")
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
