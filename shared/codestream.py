@@ -54,3 +54,9 @@ def j2k_size(data: bytes) -> tuple[int, int, int] | None:
         return None
     xsiz, ysiz, x0, y0 = (int.from_bytes(siz[4 + 4 * k:8 + 4 * k], "big") for k in range(4))
     return ysiz - y0, xsiz - x0, int.from_bytes(siz[36:38], "big")
+
+
+def rle_capacity(data: bytes) -> int:
+    """The most bytes an RLE Lossless frame (PS3.5 G.3) of this size can decode to: at best a
+    2-byte replicate run yields 128 bytes, after the 64-byte segment header."""
+    return max(len(data) - 64, 0) * 64

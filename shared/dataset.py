@@ -11,9 +11,14 @@ from pydicom import config as _pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError as PydicomInvalid
-from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+from pydicom.uid import (
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
+)
 
-from .codestream import j2k_size, jpeg_size
+from .codestream import j2k_size, jpeg_size, rle_capacity
 from .errors import (
     InvalidDicomError,
     NoPixelDataError,
@@ -34,6 +39,7 @@ HEADER_TAGS = (
     "SamplesPerPixel", "BitsAllocated", "Modality", "PhotometricInterpretation",
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_HEADER_VALUE_LIMIT = 64 * 1024
 _ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins:"
 
 
@@ -79,8 +85,11 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
 
 
 def read_header(fp: BinaryIO) -> Dataset:
-    """Read only the attributes needed to group and order instances (no pixel data)."""
-    return _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+    """Read only the attributes needed to group and order instances (no pixel data).
+
+    Values longer than 64 KiB are skipped, not read: a file reader would allocate the declared
+    length up front, and a hostile header may declare 4 GiB in a 13-byte file."""
+    return _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=_HEADER_VALUE_LIMIT)
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -140,7 +149,7 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     elem = ds[keyword]
     if keyword == "PixelData" and ds.file_meta.get("TransferSyntaxUID", None) is not None:
         if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-            check_codestreams(ds, frames, rows, cols, spp)
+            check_codestreams(ds, frames, rows, cols, spp, bits)
             return
     per_sample_bits = bits
     if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422" and keyword == "PixelData":
@@ -154,7 +163,7 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
         )
 
 
-def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int) -> None:
+def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int, bits: int) -> None:
     """Encapsulated data must hold every declared frame, each compressed frame declaring the
     header's size: decoders allocate what the codestream says, so a lie there is refused here."""
     ts = ds.file_meta.TransferSyntaxUID
@@ -167,11 +176,19 @@ def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int) 
     offsets = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    frame_bytes = rows * cols * spp * ((bits + 7) // 8)
     held = 0
     try:
         for held, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames,
                                                      extended_offsets=offsets), start=1):
-            if read_size is None or held > frames:
+            if held > frames:
+                continue
+            if ts in RLETransferSyntaxes and rle_capacity(frame) < frame_bytes:
+                raise PixelBudgetError(
+                    f"(7FE0,0010) frame {held}: {len(frame)} bytes of RLE data decode to at most "
+                    f"{rle_capacity(frame)} bytes but the header declares {frame_bytes} "
+                    f"({rows} × {cols} × {spp} sample(s) × {bits} bits)")
+            if read_size is None:
                 continue
             size = read_size(frame)
             if size is None:
@@ -182,7 +199,7 @@ def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int) 
                     f"(7FE0,0010) frame {held}: the {kind} codestream declares {size[0]} × {size[1]} "
                     f"× {size[2]} component(s) but the header declares {rows} × {cols} × {spp} "
                     "((0028,0010) Rows × (0028,0011) Columns × (0028,0002) Samples per Pixel)")
-    except InvalidDicomError:
+    except (InvalidDicomError, PixelBudgetError):
         raise
     except Exception as err:  # pydicom raises ValueError/KeyError/struct.error on broken items
         raise InvalidDicomError(
