@@ -19,7 +19,7 @@ from pathlib import Path
 FORMATS = ("png", "png16", "jpeg", "tiff", "png+tiff")
 REPO = Path(__file__).resolve().parent.parent
 #: A fixed key so the de-identified runs are deterministic; never a real secret.
-BENCH_ENV = {"DICOMFLEET_DEID_KEY": "dicomfleet-bench-not-a-secret"}
+BENCH_ENV = {"DICOMFLEET_DEID_KEY": "dicomfleet-bench-fixed-key-not-a-secret"}
 
 
 @dataclass

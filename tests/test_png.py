@@ -146,3 +146,40 @@ def test_output_png_keeps_rgb_order_and_software_text():
     buf = encode_output_png(img)
     assert np.array_equal(_pillow(buf), img)
     assert Image.open(io.BytesIO(buf)).text["Software"].startswith("dicomfleet ")
+
+
+def _recrc(buf: bytearray, kind: bytes) -> bytes:
+    """Fix the CRC of chunk ``kind`` after its payload was altered (a corruption CRCs cannot see)."""
+    pos = buf.index(kind) - 4
+    (length,) = struct.unpack(">I", buf[pos:pos + 4])
+    body = bytes(buf[pos + 4:pos + 8 + length])
+    buf[pos + 8 + length:pos + 12 + length] = struct.pack(">I", zlib.crc32(body))
+    return bytes(buf)
+
+
+def test_check_png_accepts_every_case_and_names_what_is_wrong():
+    for img in CASES.values():
+        assert png.check_png(png.encode_png(img, {"Software": "t"}), img) is None
+    img = CASES["grey8 noise"]
+    good = png.encode_png(img)
+    flipped = bytearray(good)
+    flipped[good.index(b"IDAT") + 20] ^= 0x01
+    assert png.check_png(bytes(flipped), img) == "IDAT chunk CRC mismatch"
+    assert "IDAT" in png.check_png(_recrc(flipped, b"IDAT"), img)
+    other = img.copy()
+    other[5, 5] ^= 0x80
+    assert png.check_png(good, other) == "IDAT does not hold the image's rows"
+    assert png.check_png(good, img.T.copy()).startswith("IHDR")
+    assert png.check_png(good, img.astype(np.uint16)).startswith("IHDR")
+    assert png.check_png(good[:-12], img) == "chunks are not IHDR … IEND"
+    assert png.check_png(b"GIF89a", img) == "no PNG signature"
+
+
+def test_verify_lossless_refuses_a_png_that_does_not_hold_the_pixels():
+    from shared.errors import VerificationError
+    from shared.verify import verify_lossless
+
+    img = CASES["grey16 noise"]
+    assert verify_lossless("png16", png.encode_png(img), img) == "lossless"
+    with pytest.raises(VerificationError, match=r"png16 output does not decode back .*IDAT does not hold"):
+        verify_lossless("png16", png.encode_png(img), img ^ np.uint16(1))

@@ -1,7 +1,8 @@
 """The 8-bit display rendering: modality LUT → VOI → presentation (grey), or colour → RGB.
 
 Integer images up to 16 bits go through one lookup table built over every possible stored value,
-so a slice costs one ``np.take``; the table is cached across slices that share their parameters.
+so a slice costs one ``np.take`` (half the time of ``table[index]``, same values); the table is
+cached across slices that share their parameters.
 """
 from __future__ import annotations
 
@@ -65,12 +66,12 @@ def render_grey(arr: np.ndarray, ds: Dataset, *, window: str | tuple[float, floa
         index = arr.view(f"u{arr.dtype.itemsize}")
         if chosen is not None and not has_modality_lut(ds):
             slope, intercept = rescale_of(ds)
-            return _linear_table(arr.dtype.str, slope, intercept, chosen, invert)[index], chosen
+            return np.take(_linear_table(arr.dtype.str, slope, intercept, chosen, invert), index), chosen
         modality = np.asarray(apply_modality_lut(stored_domain(arr.dtype), ds), dtype=np.float64)
         if chosen is None:
             counts = np.bincount(index.ravel(), minlength=modality.size)
             chosen = _data_window(modality, counts, mode)
-        return _to_uint8(apply_window(modality, chosen), invert)[index], chosen
+        return np.take(_to_uint8(apply_window(modality, chosen), invert), index), chosen
     if arr.dtype.kind not in "iuf":
         raise UnsupportedError(f"pixel dtype {arr.dtype} cannot be rendered")
     modality = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
