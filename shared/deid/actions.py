@@ -34,6 +34,7 @@ META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 
 _TOKEN = re.compile(r"[^\W_]+")
 _DIGIT_RUN = re.compile(r"\d{4}")
+_DATE_LIKE = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}")
 _SPACES = re.compile(r"\s{2,}")
 _NUMERIC_TEXT = re.compile(r"[\d\s.+\-eE\\:/]*")
 _LETTER_RUN = re.compile(rb"[A-Za-z]{3}")
@@ -103,7 +104,7 @@ def walk(ds: Dataset, ctx: Context) -> None:
             continue
         vr = elem.VR
         if ctx.collect and action != CLEAN and vr in _IDENTIFYING_VRS:
-            _collect(ctx.identifiers, value)
+            _collect(ctx.identifiers, value, 2 if vr == "PN" else 3)
         if action == REMOVE:
             continue
         if action == UID:
@@ -170,19 +171,20 @@ def _shift(elem: DataElement, vr: str, days: int) -> None:
         elem.value = shifted if len(shifted) > 1 else shifted[0]
 
 
-def _collect(identifiers: set[str], value) -> None:
+def _collect(identifiers: set[str], value, shortest: int) -> None:
+    """Tokens of an identifying value (names down to 2 letters, other values from 3)."""
     for v in _values(value):
-        identifiers.update(t.upper() for t in _TOKEN.findall(str(v)) if len(t) >= 2)
+        identifiers.update(t.upper() for t in _TOKEN.findall(str(v)) if len(t) >= shortest)
 
 
 def clean_text(text: str, identifiers: set[str]) -> str:
-    """Drop every token of the instance's identifying values and every run of 4+ digits
-    (dates, IDs, phone numbers) from a descriptor; keep the rest of its words."""
+    """Drop every token of the instance's identifying values, written dates and every run of 4+
+    digits (dates, IDs, phone numbers) from a descriptor; keep the rest of its words."""
     def keep(match: re.Match) -> str:
         token = match.group()
         return "" if token.upper() in identifiers or _DIGIT_RUN.search(token) else token
 
-    return _SPACES.sub(" ", _TOKEN.sub(keep, text)).strip()
+    return _SPACES.sub(" ", _TOKEN.sub(keep, _DATE_LIKE.sub("", text))).strip()
 
 
 def clean_elements(elements: Iterable[DataElement], identifiers: set[str]) -> None:
