@@ -1,0 +1,103 @@
+"""bench/: the yardsticks make what the project makes, children are measured, results add up."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from bench import data, report, yardsticks
+from bench.contenders import contenders
+from bench.measure import run_child
+from bench.run import main as bench_main
+from shared.chain import SeriesJob, convert_series
+from shared.options import ConvertOptions
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    return data.series(tmp_path_factory.mktemp("bench"), slices=3, size=64)
+
+
+def _read(path) -> np.ndarray:
+    return cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_floor_png_holds_the_projects_pixels(series, tmp_path):
+    """The floor does the same job: window 1 of the file, truncated to 8 bits, as the chain does."""
+    yardsticks.floor(str(series), str(tmp_path / "floor"), "png+tiff")
+    opts = ConvertOptions(formats=("png",), deid=False)
+    convert_series(SeriesJob("s/t", data.files(series), str(tmp_path / "ours"), opts))
+    floor_pngs = sorted((tmp_path / "floor").glob("*.png"))
+    ours = sorted((tmp_path / "ours" / "s" / "t").glob("*.png"))
+    assert len(floor_pngs) == len(ours) == 3
+    for a, b in zip(floor_pngs, ours):  # same file order: slice files are written in position order
+        assert np.array_equal(_read(a), _read(b))
+    tiff = sorted((tmp_path / "floor").glob("*.tiff"))[0]
+    import tifffile
+
+    assert np.array_equal(tifffile.imread(tiff), pydicom.dcmread(data.files(series)[0]).pixel_array)
+
+
+@pytest.mark.parametrize("kind", sorted(data.COMPRESSED))
+def test_compressed_copies_are_lossless(series, kind):
+    copy = data.compressed_copy(series, kind)
+    for raw, enc in zip(data.files(series), data.files(copy)):
+        ds = pydicom.dcmread(enc)
+        assert ds.file_meta.TransferSyntaxUID == data.COMPRESSED[kind]
+        assert np.array_equal(ds.pixel_array, pydicom.dcmread(raw).pixel_array)
+    assert data.compressed_copy(series, kind) == copy  # cached: made once
+
+
+def test_run_child_measures_cpu_rss_and_reports_failures(tmp_path):
+    burn = "import numpy as np; a = np.ones(64 << 20, np.uint8); s = 0\nfor i in range(300000): s += i"
+    ok = run_child([sys.executable, "-c", burn])
+    assert ok.ok and ok.wall > 0 and ok.cpu > 0 and ok.rss_mb >= 64
+    bad = run_child([sys.executable, "-c", "raise SystemExit('no such series')"], log=str(tmp_path / "log"))
+    assert not bad.ok and bad.error == "exit 1: no such series"
+
+
+def test_targets_are_ratios_of_medians():
+    rows = {name: {"name": name, "ok": True, "wall_s": wall} for name, wall in
+            {"floor png": 1.0, "convert png w1": 1.2, "dicom2jpg": 1.8, "dcmj2pnm per file": 7.2,
+             "convert png w2": 0.7}.items()}
+    got = {(c["issue"], c["target"]): (c["value"], c["met"]) for c in report.targets(rows, 2)}
+    assert got[(2, "png w1 wall ÷ floor png")] == (1.2, True)
+    assert got[(6, "png w1 wall ÷ floor png")] == (1.2, False)
+    assert got[(6, "dicom2jpg wall ÷ png w1")] == (1.5, True)
+    assert got[(6, "dcmj2pnm per file wall ÷ png w1")] == (6.0, True)
+    assert got[(6, "png speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.714, True)
+    assert got[(6, "floor png16 wall ÷ png16 w1 (beat the floor)")] == (None, None)
+
+
+def test_every_contender_has_a_floor_and_missing_tools_skip():
+    every = contenders(2, install_peers=False)
+    names = {c.name for c in every}
+    assert {"floor png", "convert png w1", "convert png w2", "convert png+tiff w2",
+            "convert png w1 [j2k]", "dcmj2pnm per file", "fleet png"} <= names
+    for c in every:
+        assert c.floor in names, c.name
+    fleet = next(c for c in every if c.group == "fleet")
+    assert fleet.skip or fleet.argv("in", "out")
+
+
+def test_bench_run_end_to_end(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = bench_main(["--slices", "3", "--size", "64", "--runs", "1", "--workdir", str(tmp_path / "w"),
+                       "--out", str(out), "--only", "convert png w1,pydicom", "--no-compressed",
+                       "--no-install", "--no-stages"])
+    results = json.loads(out.read_text())
+    assert code == 0
+    rows = results["contenders"]
+    assert set(rows) == {"floor png", "convert png w1", "convert png w1 deid", "pydicom+Pillow loop"} - \
+        set(results["skipped"])
+    assert rows["floor png"]["x_floor_wall"] == 1.0
+    for row in rows.values():
+        assert row["ok"] and row["slices_per_s"] > 0 and row["peak_rss_mb"] > 10
+        assert row["x_floor_wall"] == pytest.approx(row["wall_s"] / rows["floor png"]["wall_s"], abs=1e-3)
+    assert results["machine"]["nproc"] >= 1 and results["parameters"]["slices"] == 3
+    assert "convert png w1" in capsys.readouterr().out
