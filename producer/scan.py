@@ -93,7 +93,9 @@ def read_instance(path: str) -> Instance | str:
     except OSError as err:
         return f"unreadable ({err.strerror})"
     if "Rows" not in ds:
-        return "DICOM without an image (e.g. SR, RT plan)"
+        sop_class = ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID")
+        # a DICM marker over garbage parses to nothing usable: that is not DICOM either
+        return "DICOM without an image (e.g. SR, RT plan)" if sop_class else "not DICOM"
     study = str(ds.get("StudyInstanceUID", "") or "") or _derived_uid("study", path)
     series = str(ds.get("SeriesInstanceUID", "") or "") or _derived_uid("series", path)
     sop = str(ds.get("SOPInstanceUID", "") or "") or _derived_uid("sop", path)

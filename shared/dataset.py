@@ -84,12 +84,36 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
     return text[:limit] if text else type(err).__name__
 
 
+class _NoOverread:
+    """A seekable binary file whose ``read(n)`` never asks for more than is left: file readers
+    allocate the requested length up front, and a hostile header may declare 4 GiB in 13 bytes."""
+
+    def __init__(self, fp: BinaryIO) -> None:
+        self._fp = fp
+        here = fp.tell()
+        self._size = fp.seek(0, io.SEEK_END)
+        fp.seek(here)
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(self._size - self._fp.tell(), 0)
+        return self._fp.read(left if n is None or n < 0 else min(n, left))
+
+    def __getattr__(self, name: str):
+        return getattr(self._fp, name)
+
+
 def read_header(fp: BinaryIO) -> Dataset:
     """Read only the attributes needed to group and order instances (no pixel data).
 
-    Values longer than 64 KiB are skipped, not read: a file reader would allocate the declared
-    length up front, and a hostile header may declare 4 GiB in a 13-byte file."""
-    return _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=_HEADER_VALUE_LIMIT)
+    Values longer than 64 KiB are skipped and dropped (none of the header attributes is that
+    long), so neither reading nor a later access allocates what a hostile header declares."""
+    ds = _read(_NoOverread(fp), stop_before_pixels=True, specific_tags=list(HEADER_TAGS),
+               defer_size=_HEADER_VALUE_LIMIT)
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag, keep_deferred=True)
+        if elem.value is None and getattr(elem, "length", 0) > _HEADER_VALUE_LIMIT:
+            del ds[tag]
+    return ds
 
 
 def read_dataset(data: bytes) -> Dataset:
