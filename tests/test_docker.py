@@ -20,12 +20,14 @@ import typer
 import yaml
 
 from producer.cli import app as cli_app
+from shared.deid.pseudonyms import KEY_NAME
+from shared.options import ENV_PREFIX
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
-DEID_KEY = "DICOMFLEET_DEID_KEY"  # read by shared.deid (issue 3), the one fleet secret outside Settings
+DEID_KEY = ENV_PREFIX + KEY_NAME  # shared.deid reads it: the one fleet secret outside Settings
 
 
 def stages() -> list[list[dockerfile.Command]]:

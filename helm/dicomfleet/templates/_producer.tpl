@@ -1,0 +1,61 @@
+{{/* The producer's pod spec, shared by the Job and the CronJob: `dicomfleet submit SRC --out DEST`. */}}
+{{- define "dicomfleet.producer.podSpec" -}}
+serviceAccountName: {{ include "dicomfleet.serviceAccountName" . }}
+automountServiceAccountToken: false
+restartPolicy: Never
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- include "dicomfleet.podSecurityContext" . }}
+containers:
+  - name: producer
+    image: {{ include "dicomfleet.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    args:
+      - submit
+      - {{ required "producer.source is required when the producer Job or CronJob is enabled" .Values.producer.source | quote }}
+      - --out
+      - {{ required "producer.out is required when the producer Job or CronJob is enabled" .Values.producer.out | quote }}
+      {{- if .Values.producer.priority }}
+      - --priority
+      - {{ .Values.producer.priority | quote }}
+      {{- end }}
+      {{- with .Values.producer.extraArgs }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+    envFrom:
+      - configMapRef:
+          name: {{ include "dicomfleet.fullname" . }}
+    env:
+      {{- include "dicomfleet.env" . | nindent 6 }}
+    resources:
+      {{- toYaml .Values.producer.resources | nindent 6 }}
+    {{- include "dicomfleet.containerSecurityContext" . | nindent 4 }}
+    volumeMounts:
+      - name: scratch
+        mountPath: /tmp
+      - name: secrets
+        mountPath: {{ include "dicomfleet.secretsDir" . }}
+        readOnly: true
+      {{- with .Values.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+volumes:
+  - name: scratch
+    emptyDir:
+      sizeLimit: 1Gi
+  {{- include "dicomfleet.secretsVolume" . | nindent 2 }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}
+
+{{- define "dicomfleet.producer.podMetadata" -}}
+labels:
+  {{- include "dicomfleet.labels" (dict "ctx" $ "component" "producer") | nindent 2 }}
+annotations:
+  {{- include "dicomfleet.checksums" . | nindent 2 }}
+{{- end -}}
