@@ -1,0 +1,135 @@
+"""Slices come out in spatial order along the slice normal, whatever InstanceNumber and file names say."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+
+from producer.local import run_local
+from producer.scan import Instance, order_instances, scan
+from shared.options import ConvertOptions
+
+from .synthetic import write_series
+
+
+def scramble_names(paths: list[Path], seed: int) -> list[Path]:
+    """Rename the files in a random order, so neither names nor numbers follow anatomy."""
+    order = np.random.default_rng(seed).permutation(len(paths))
+    temp = [p.rename(p.with_name(f"tmp{i}")) for i, p in enumerate(paths)]
+    return [t.rename(t.with_name(f"f{order[i]:05d}.dcm")) for i, t in enumerate(temp)]
+
+
+def along_normal(path: Path) -> float:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    iop = np.array(ds.ImageOrientationPatient, dtype=float)
+    return float(np.array(ds.ImagePositionPatient, dtype=float) @ np.cross(iop[:3], iop[3:]))
+
+
+def the_manifest(dest: Path) -> tuple[Path, dict]:
+    [path] = dest.glob("*/*/manifest.json")
+    return path.parent, json.loads(path.read_text())
+
+
+def assert_spatial_order(paths: list[Path], dest: Path, tiff_checks: list[int] | None = None) -> None:
+    """Output N is the N-th lowest slice along the normal: by the manifest's source hashes for
+    every slice and by the pixels read back from the TIFF for the slices checked."""
+    expected = sorted(paths, key=along_normal)
+    series_dir, manifest = the_manifest(dest)
+    assert manifest["counts"]["instances"] == manifest["counts"]["converted"] == len(paths)
+    got = [r["source_sha256"] for r in sorted(manifest["instances"], key=lambda r: r["index"])]
+    assert got == [hashlib.sha256(p.read_bytes()).hexdigest() for p in expected]
+    for index in tiff_checks if tiff_checks is not None else range(1, len(paths) + 1):
+        stored = tifffile.imread(series_dir / f"{index:04d}.tiff")
+        assert np.array_equal(stored, pydicom.dcmread(expected[index - 1]).pixel_array)
+
+
+def test_200_slices_in_spatial_order_though_instance_numbers_run_backwards(tmp_path):
+    paths = scramble_names(write_series(tmp_path / "in", slices=200, size=64, seed=1), seed=2)
+    numbers = {p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) for p in paths}
+    lowest = min(paths, key=along_normal)
+    assert numbers[lowest] == 200 and along_normal(lowest) == -120.0  # InstanceNumber is backwards
+    summary = run_local([str(tmp_path / "in")], str(tmp_path / "out"),
+                        ConvertOptions(formats=("tiff",), deid=False), workers=2)
+    assert (summary.series, summary.instances, summary.outputs, summary.failures) == (1, 200, 200, [])
+    assert_spatial_order(paths, tmp_path / "out")
+
+
+def test_512_series_in_spatial_order(tmp_path):
+    """Full-size slices: order by hashes for all, pixels of the ends and the middle."""
+    paths = scramble_names(write_series(tmp_path / "in", slices=40, size=512, seed=3), seed=4)
+    summary = run_local([str(tmp_path / "in")], str(tmp_path / "out"),
+                        ConvertOptions(formats=("png", "tiff"), deid=False), workers=1)
+    assert (summary.instances, summary.outputs, summary.failures) == (40, 80, [])
+    assert_spatial_order(paths, tmp_path / "out", tiff_checks=[1, 20, 40])
+
+
+def rotation(ax: float, az: float) -> np.ndarray:
+    """Rotation about x by ax then about z by az (degrees)."""
+    a, b = np.radians(ax), np.radians(az)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+def test_oblique_series_orders_along_its_normal_not_along_z(tmp_path):
+    """A gantry-tilted series (30° about x, 20° about z): each slice also shifts in-plane along
+    the column direction, by enough that sorting by the z coordinate reverses the true order."""
+    paths = write_series(tmp_path / "in", slices=24, size=32, seed=5)
+    rot = rotation(30, 20)
+    row, col = rot @ [1.0, 0, 0], rot @ [0, 1.0, 0]
+    normal = np.cross(row, col)
+    numbers = np.random.default_rng(6).permutation(len(paths)) + 1
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *col)]
+        ipp = 2.0 * k * normal - 12.0 * k * col  # col has z component -sin(30°): z falls as k rises
+        ds.ImagePositionPatient = [round(float(v), 4) for v in ipp]
+        ds.InstanceNumber = int(numbers[k])
+        ds.save_as(path, enforce_file_format=True)
+    zs = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in paths]
+    assert zs == sorted(zs, reverse=True)  # by z the order would be exactly backwards
+    paths = scramble_names(paths, seed=7)
+    run_local([str(tmp_path / "in")], str(tmp_path / "out"), ConvertOptions(formats=("tiff",), deid=False))
+    assert_spatial_order(paths, tmp_path / "out")
+    assert [round(along_normal(p), 3) for p in sorted(paths, key=along_normal)][:3] == [0.0, 2.0, 4.0]
+
+
+def inst(source: str, number: int | None, position: float | None, sop: str = "") -> Instance:
+    return Instance(source, "1.2", "1.2.3", sop or source, number, position)
+
+
+def test_falls_back_to_instance_number_when_any_position_is_missing():
+    found = [inst("a", 3, 10.0), inst("b", 1, None), inst("c", 2, -5.0), inst("d", None, 1.0)]
+    assert [i.source for i in order_instances(found)] == ["b", "c", "a", "d"]
+
+
+def test_ties_break_on_instance_number_then_uid():
+    found = [inst("a", 2, 0.0, "9"), inst("b", 1, 0.0, "8"), inst("c", 1, 0.0, "7"), inst("d", 0, -1.0)]
+    assert [i.source for i in order_instances(found)] == ["d", "c", "b", "a"]
+
+
+def test_series_are_grouped_by_series_uid(tmp_path):
+    a = write_series(tmp_path / "a", slices=3, size=16, seed=8)
+    b = write_series(tmp_path / "b", slices=2, size=16, seed=9)
+    found = scan([str(tmp_path)])
+    assert sorted(len(s.instances) for s in found.series) == [2, 3]
+    for series in found.series:
+        members = {Path(i.source).parent.name for i in series.instances}
+        assert len(members) == 1
+    assert {Path(i.source) for s in found.series for i in s.instances} == set(a) | set(b)
+
+
+@pytest.mark.parametrize("iop", [[0, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0], [1, 0, 0]])
+def test_degenerate_orientation_has_no_position(tmp_path, iop):
+    """Zero, parallel or short direction cosines give no normal: ordering falls back to numbers."""
+    [path] = write_series(tmp_path, slices=1, size=16, seed=10)
+    ds = pydicom.dcmread(path)
+    ds.ImageOrientationPatient = iop
+    ds.save_as(path, enforce_file_format=True)
+    [series] = scan([str(path)]).series
+    assert series.instances[0].position is None
