@@ -1,0 +1,207 @@
+"""`dicomfleet convert`: exit codes, the summary, failures with reasons, output names, the manifest."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from producer.cli import app
+
+from .conftest import TEST_FILES, bundled
+from .synthetic import write_series
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SUMMARY = re.compile(r"^(\d+) series, (\d+) instances, (\d+) converted, (\d+) outputs, (\d+) failed "
+                     r"in \d+\.\d s \(\d+\.\d instances/s\)$")
+
+
+def convert(*args: str, env: dict | None = None):
+    """Run `dicomfleet convert` in-process; returns (exit code, output lines, summary numbers)."""
+    result = CliRunner().invoke(app, ["convert", *args], env=env)
+    assert "Traceback" not in result.output
+    if result.exception is not None:
+        assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.output.strip().splitlines()
+    match = next((m for m in map(SUMMARY.match, lines) if m), None)
+    return result.exit_code, lines, tuple(int(g) for g in match.groups()) if match else None
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> list[Path]:
+    """Five 32² synthetic CT slices (InstanceNumber backwards, two windows in the file)."""
+    return write_series(tmp_path_factory.mktemp("series"), slices=5, size=32, seed=11)
+
+
+def series_dir(out: Path) -> Path:
+    [manifest] = out.glob("*/*/manifest.json")
+    return manifest.parent
+
+
+def test_everything_converted_exits_0(series, tmp_path):
+    code, lines, numbers = convert(str(series[0].parent), "--out", str(tmp_path), "--no-deid",
+                                   "-f", "png", "-f", "tiff", "--workers", "1")
+    assert code == 0 and numbers == (1, 5, 5, 10, 0) and len(lines) == 1
+    names = sorted(p.name for p in series_dir(tmp_path).iterdir())
+    assert names == [f"{i:04d}.{ext}" for i in range(1, 6) for ext in ("png", "tiff")] + ["manifest.json"]
+
+
+def test_failures_exit_1_each_listed_with_its_reason(series, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in series[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "cut.dcm").write_bytes(series[3].read_bytes()[:-100])  # same series, pixel data cut short
+    (src / "mr.dcm").write_bytes(bundled("MR_truncated.dcm").read_bytes())
+    (src / "notes.txt").write_text("not DICOM")
+    code, lines, numbers = convert(str(src), "--out", str(tmp_path / "out"), "--no-deid", "--workers", "2")
+    assert code == 1 and numbers == (2, 5, 3, 3, 2)
+    failed = sorted(line.strip() for line in lines if line.strip().startswith("failed "))
+    study, series_uid = (pydicom.dcmread(series[3], stop_before_pixels=True).get(k)
+                         for k in ("StudyInstanceUID", "SeriesInstanceUID"))
+    mr = pydicom.dcmread(bundled("MR_truncated.dcm"), stop_before_pixels=True)
+    assert failed == sorted([
+        f"failed {study}/{series_uid}/0004: (7FE0,0010) Pixel Data holds 1948 bytes but the header declares "
+        "2048 (1 frame(s) × 32 × 32 × 1 sample(s) × 16 bits); truncated file?",
+        f"failed {mr.StudyInstanceUID}/{mr.SeriesInstanceUID}/0001: (7FE0,0010) Pixel Data holds 8130 bytes "
+        "but the header declares 8192 (1 frame(s) × 64 × 64 × 1 sample(s) × 16 bits); truncated file?",
+    ])
+    assert "  skipped 1 file(s): not DICOM" in lines
+    manifest = json.loads((tmp_path / "out" / study / series_uid / "manifest.json").read_text())
+    assert manifest["counts"] == {"instances": 4, "converted": 3, "failed": 1, "outputs": 3}
+    [error] = manifest["errors"]
+    assert error["index"] == 4 and error["code"] == "pixel_budget"
+    assert error["source_sha256"] == hashlib.sha256((src / "cut.dcm").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--window", "nonsense"], "invalid window 'nonsense': expected one of default, auto, lung"),
+    (["--window", "40,0"], "window width must be >= 1, got '40,0'"),
+    (["--format", "gif"], "Invalid value for '--format'"),
+    (["--quality", "0"], "quality must be 1..100, got 0"),
+    (["--max-pixels", "0"], "max_pixels must be positive, got 0"),
+])
+def test_bad_options_exit_2(series, tmp_path, args, message):
+    code, lines, numbers = convert(str(series[0]), "--out", str(tmp_path), "--no-deid", *args)
+    assert code == 2 and numbers is None
+    assert message in " ".join(" ".join(lines).split())
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_window_from_the_environment_exits_2(series, tmp_path):
+    code, lines, _ = convert(str(series[0]), "--out", str(tmp_path), "--no-deid", env={"DICOMFLEET_WINDOW": "wide"})
+    assert code == 2 and "invalid window 'wide'" in lines[-1]
+
+
+def test_missing_and_absent_sources_exit_2(tmp_path):
+    code, lines, _ = convert("--out", str(tmp_path), "--no-deid")
+    assert code == 2 and "Missing argument 'sources'." in " ".join(lines)
+    code, lines, _ = convert(str(tmp_path / "nowhere"), "--out", str(tmp_path), "--no-deid")
+    assert code == 2 and lines == [f"error: no such file or directory: {tmp_path / 'nowhere'}"]
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("dicomfleet")
+    run = subprocess.run([str(exe), "convert", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--no-deid"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip() == f"error: no such file or directory: {tmp_path / 'nowhere'}"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_pixel_budget_from_flag_or_environment(series, tmp_path, how):
+    args, env = (["--max-pixels", "1000"], None) if how == "flag" else ([], {"DICOMFLEET_MAX_PIXELS": "1000"})
+    code, lines, numbers = convert(str(series[0]), "--out", str(tmp_path), "--no-deid", *args, env=env)
+    assert code == 1 and numbers == (1, 1, 0, 0, 1)
+    assert lines[-1].endswith("/0001: 1 frame(s) × 32 × 32 × 1 sample(s) = 1024 samples exceeds the "
+                              "pixel budget of 1000 (DICOMFLEET_MAX_PIXELS)")
+
+
+def test_multiframe_outputs_are_named_per_frame(tmp_path):
+    code, _, numbers = convert(str(bundled("rtdose.dcm")), "--out", str(tmp_path), "--no-deid",
+                               "-f", "png", "-f", "jpeg", "-f", "npy")
+    assert code == 0 and numbers == (1, 1, 1, 31, 0)
+    names = sorted(p.name for p in series_dir(tmp_path).iterdir())
+    frames = [f"0001_f{i:03d}" for i in range(1, 16)]
+    assert names == sorted([f"{f}.png" for f in frames] + [f"{f}.jpg" for f in frames]
+                           + ["0001.npy", "manifest.json"])
+    manifest = json.loads((series_dir(tmp_path) / "manifest.json").read_text())
+    frames_listed = [o["frame"] for o in manifest["instances"][0]["outputs"] if o["format"] == "png"]
+    assert frames_listed == list(range(1, 16))
+    assert np.load(series_dir(tmp_path) / "0001.npy").shape == (15, 10, 10)
+
+
+def test_manifest_lists_every_output_with_its_hash(series, tmp_path):
+    args = [str(series[0].parent), "--out", str(tmp_path), "--no-deid", "--workers", "1"]
+    args += [a for f in ("png", "png16", "jpeg", "tiff", "npy") for a in ("-f", f)]
+    code, _, numbers = convert(*args)
+    assert code == 0 and numbers == (1, 5, 5, 25, 0)
+    folder = series_dir(tmp_path)
+    text = (folder / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert manifest["schema"] == 1 and manifest["deidentified"] is False and manifest["errors"] == []
+    assert manifest["parameters"]["formats"] == ["png", "png16", "jpeg", "tiff", "npy"]
+    assert manifest["counts"] == {"instances": 5, "converted": 5, "failed": 0, "outputs": 25}
+    assert manifest["series"] == folder.relative_to(tmp_path).as_posix()
+    by_position = sorted(series, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    for record, source in zip(sorted(manifest["instances"], key=lambda r: r["index"]), by_position):
+        assert record["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert record["window"] == {"center": 40.0, "width": 400.0, "function": "LINEAR", "source": "file:1"}
+        assert {o["format"] for o in record["outputs"]} == {"png", "png16", "jpeg", "tiff", "npy"}
+        for out in record["outputs"]:
+            data = (tmp_path / out["path"]).read_bytes()
+            assert out["sha256"] == hashlib.sha256(data).hexdigest() and out["size"] == len(data)
+            if out["format"] == "jpeg":
+                assert 0.9 < out["verification"]["ssim"] <= 1.0
+            else:
+                assert out["verification"] == "lossless"
+            if out["format"] == "png16":
+                assert out["offset"] == 0
+    assert str(series[0].parent) not in text and "slice0" not in text  # no source paths
+    convert(*args)  # a re-run writes the same bytes to the same keys
+    assert (folder / "manifest.json").read_text() == text
+
+
+def test_pydicom_test_files_through_the_command(tmp_path):
+    """The whole bundled directory: the four unconvertible files listed with their reasons, the
+    rest converted, non-images skipped and counted."""
+    code, lines, numbers = convert(str(TEST_FILES), "--out", str(tmp_path), "--no-deid", "-f", "png",
+                                   "-f", "tiff", "--workers", "2")
+    assert code == 1
+    series, instances, converted, outputs, failed = numbers
+    assert (instances, converted, failed) == (93, 89, 4)
+    reasons = [line.split(": ", 1)[1] for line in lines if line.strip().startswith("failed ")]
+    assert len(reasons) == 4
+    assert any(r.startswith("(7FE0,0010) Pixel Data holds 8130 bytes") for r in reasons)
+    assert any("JPEG Extended (Process 2 and 4) pixel data could not be decoded" in r for r in reasons)
+    assert any("the JPEG 2000 codestream declares 1024 × 3722445056" in r for r in reasons)
+    assert any(r == "(0028,0008) NumberOfFrames has invalid value '1A'" for r in reasons)
+    skipped = sum(int(m.group(1)) for m in (re.match(r"\s+skipped (\d+) file", x) for x in lines) if m)
+    assert skipped == sum(1 for p in TEST_FILES.rglob("*") if p.is_file()) - 93
+
+
+def test_deidentification_is_the_default(series, tmp_path):
+    """Without --no-deid: refused with a clear reason while shared.deid is missing; once it is
+    delivered, the run de-identifies (no original UID in any output path)."""
+    env = {"DICOMFLEET_DEID_KEY": "11" * 32}
+    code, lines, numbers = convert(str(series[0]), "--out", str(tmp_path), env=env)
+    if importlib.util.find_spec("shared.deid") is None:
+        assert code == 2 and numbers is None
+        assert lines == ["error: de-identification is not available yet; pass --no-deid to convert "
+                         "identifiable data"]
+        return
+    assert code in (0, 1) and numbers[1] == 1
+    study = str(pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+    paths = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")]
+    assert paths and not any(study in p for p in paths)
+    manifest = json.loads(next(tmp_path.glob("*/*/manifest.json")).read_text())
+    assert manifest["deidentified"] is True
