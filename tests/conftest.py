@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def bundled(name: str) -> Path:
     path = TEST_FILES / name
     assert path.is_file(), f"{name} is not among pydicom's bundled test files"
     return path
+
+
+def header(name: str) -> pydicom.Dataset:
+    """A bundled file's header (no pixels), without pydicom's warnings about odd test files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(TEST_FILES / name, stop_before_pixels=True)
 
 
 def image_files() -> list[str]:

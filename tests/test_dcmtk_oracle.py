@@ -24,7 +24,7 @@ from shared.dataset import read_dataset
 from shared.options import ConvertOptions
 from shared.pixels.render import is_colour
 
-from .conftest import TEST_FILES, bundled, image_files
+from .conftest import TEST_FILES, bundled, header, image_files
 
 pytestmark = [
     pytest.mark.dcmtk,
@@ -37,7 +37,7 @@ NOT_CONVERTED = {"MR_truncated.dcm", "JPEG-lossy.dcm", "JPEG2000-embedded-sequen
 #: DCMTK departs from the standard on these; each has its own test below
 DEPARTS = {"rtdose_expb.dcm": "rtdose.dcm", "rtdose_expb_1frame.dcm": "rtdose_1frame.dcm"}
 GREY = [n for n in image_files() if n not in NOT_CONVERTED and n not in DEPARTS
-        and not is_colour(pydicom.dcmread(TEST_FILES / n, stop_before_pixels=True))]
+        and not is_colour(header(n))]
 
 
 def oracle_options(ds: Dataset) -> list[str]:
@@ -95,7 +95,7 @@ def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
 
 def test_grey_set_covers_the_cases():
     """MONOCHROME1, signed, rescaled, multi-frame, 1/8/16/32-bit and the bundled VOI rules are all in."""
-    headers = [pydicom.dcmread(TEST_FILES / n, stop_before_pixels=True) for n in GREY]
+    headers = [header(n) for n in GREY]
     assert len(GREY) == 54
     assert any(h.PhotometricInterpretation == "MONOCHROME1" for h in headers)
     assert any(h.get("PixelRepresentation") == 1 for h in headers)

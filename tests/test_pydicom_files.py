@@ -19,7 +19,7 @@ from shared.chain import convert_dataset
 from shared.options import ConvertOptions
 from shared.pixels.render import is_colour
 
-from .conftest import ALL_FORMATS, TEST_FILES, bundled, image_files
+from .conftest import ALL_FORMATS, TEST_FILES, bundled, header, image_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's notes on odd test files
 
@@ -164,11 +164,11 @@ def pydicom_rgb(ds: pydicom.Dataset) -> np.ndarray:
     return rgb
 
 
-COLOUR = [n for n in CONVERTED if is_colour(pydicom.dcmread(TEST_FILES / n, stop_before_pixels=True))]
+COLOUR = [n for n in CONVERTED if is_colour(header(n))]
 
 
 def test_colour_set_covers_every_colour_model():
-    models = {str(pydicom.dcmread(TEST_FILES / n, stop_before_pixels=True).PhotometricInterpretation)
+    models = {str(header(n).PhotometricInterpretation)
               for n in COLOUR}
     assert models == {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "PALETTE COLOR"}
 
