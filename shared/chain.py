@@ -137,6 +137,7 @@ def convert_instance(task: dict) -> dict:
         with clock.stage("fetch"):
             data = read_source(task["source"])
             record["source_sha256"] = sha256(data)
+            record["source_bytes"] = len(data)  # the manifest and the bytes-in metric
         with clock.stage("parse"):
             ds = read_dataset(data)
         mask: tuple[Region, ...] = ()

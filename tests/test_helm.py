@@ -364,16 +364,12 @@ def test_producer_cronjob_and_job_run_submit_with_options_the_cli_has(production
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     """Every metric family name the workers export (counters as their _total samples)."""
-    from prometheus_client.metrics import MetricWrapperBase
-
     import workers.metrics as m
 
-    names = set()
-    for obj in vars(m).values():
-        if isinstance(obj, MetricWrapperBase):
-            names.add(obj._name + ("_total" if obj._type == "counter" else ""))
+    names = m.families()
     s = Settings(queue="test-helm-q", queue_high="test-helm-q.high", key_prefix="test-helm")
-    names |= {f.name for f in m.QueueCollector(s).collect()} | {f.name for f in m.BuildInfo().collect()}
+    collected = {f.name for f in m.QueueCollector(s).collect()} | {f.name for f in m.BuildInfo().collect()}
+    assert collected <= names
     return names
 
 

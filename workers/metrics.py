@@ -11,10 +11,11 @@ image's HEALTHCHECK).
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
-import atexit
 import json
+import logging
 import os
 import shutil
 import sys
@@ -24,8 +25,12 @@ import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+_private: set[str] = set()  # directories this process made for itself
 
 
 def _multiproc_dir() -> Path:
@@ -34,6 +39,7 @@ def _multiproc_dir() -> Path:
     if not path:
         path = tempfile.mkdtemp(prefix="dicomfleet-metrics-")
         os.environ[MULTIPROC_ENV] = path
+        _private.add(path)
         owner = os.getpid()  # the creator removes it at exit; children inherit and leave it
         atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -59,18 +65,32 @@ STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 SERIES_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0)
 #: Series outcomes: all instances converted, some failed (manifest written), failed as a whole, parked.
 SERIES_OUTCOMES = ("done", "partial", "failed", "dead")
+log = logging.getLogger(__name__)
 
-STAGE_SECONDS = Histogram("dicomfleet_stage_seconds", "Seconds per instance spent in each stage of the chain",
-                          ["stage"], buckets=STAGE_BUCKETS)
-SERIES_SECONDS = Histogram("dicomfleet_series_seconds", "Seconds to convert one series (manifest written)",
-                           buckets=SERIES_BUCKETS)
-INSTANCES = Counter("dicomfleet_instances", "Instances converted or failed, by reason code",
-                    ["outcome", "reason"])
-SERIES = Counter("dicomfleet_series", "Series jobs by outcome and reason code", ["outcome", "reason"])
-BYTES_IN = Counter("dicomfleet_bytes_in", "Bytes of DICOM source read")
-BYTES_OUT = Counter("dicomfleet_bytes_out", "Bytes of output written, by format", ["format"])
-RETRIES = Counter("dicomfleet_retries", "Series retried after a transient fault, by reason code", ["reason"])
-DEAD_LETTERS = Counter("dicomfleet_dead_letters", "Jobs parked as dead-letter, by reason code", ["reason"])
+
+@functools.cache
+def _metrics() -> SimpleNamespace:
+    """The metric objects, made on first use so that a worker can pick its shard directory first."""
+    return SimpleNamespace(
+        stage_seconds=Histogram("dicomfleet_stage_seconds", "Seconds per instance spent in each stage of the chain",
+                                ["stage"], buckets=STAGE_BUCKETS),
+        series_seconds=Histogram("dicomfleet_series_seconds", "Seconds to convert one series (manifest written)",
+                                 ["priority"], buckets=SERIES_BUCKETS),
+        instances=Counter("dicomfleet_instances", "Instances converted or failed, by reason code",
+                          ["outcome", "reason"]),
+        series=Counter("dicomfleet_series", "Series jobs by outcome and reason code", ["outcome", "reason"]),
+        bytes_in=Counter("dicomfleet_bytes_in", "Bytes of DICOM source read"),
+        bytes_out=Counter("dicomfleet_bytes_out", "Bytes of output written, by format", ["format"]),
+        retries=Counter("dicomfleet_retries", "Series retried after a transient fault, by reason code", ["reason"]),
+        dead_letters=Counter("dicomfleet_dead_letters", "Jobs parked as dead-letter, by reason code", ["reason"]),
+    )
+
+
+def families() -> set[str]:
+    """Every family name a worker's /metrics can carry (counters with their ``_total``)."""
+    made = {m._name + ("_total" if m._type == "counter" else "") for m in vars(_metrics()).values()}
+    return made | {"dicomfleet_broker_up", "dicomfleet_queue_depth", "dicomfleet_queue_oldest_age_seconds",
+                   "dicomfleet_build_info"}
 
 
 @functools.cache
@@ -98,32 +118,37 @@ def _format(name: object) -> str:
 
 def observe_instance(record: dict) -> None:
     """Count one instance record of `shared.chain.convert_instance` (the ``on_record`` hook)."""
+    m = _metrics()
     error = record.get("error")
-    INSTANCES.labels("failed" if error else "converted", reason_code(error and error.get("code"))).inc()
+    m.instances.labels("failed" if error else "converted", reason_code(error and error.get("code"))).inc()
     for stage, seconds in (record.get("stages") or {}).items():
         if stage in STAGES:
-            STAGE_SECONDS.labels(stage).observe(seconds)
+            m.stage_seconds.labels(stage).observe(seconds)
     if record.get("source_bytes"):
-        BYTES_IN.inc(record["source_bytes"])
+        m.bytes_in.inc(record["source_bytes"])
     for out in record.get("outputs", ()):
-        BYTES_OUT.labels(_format(out.get("format"))).inc(out.get("size", 0))
+        m.bytes_out.labels(_format(out.get("format"))).inc(out.get("size", 0))
 
 
-def observe_series(outcome: str, seconds: float | None = None, code: str | None = None) -> None:
+def observe_series(outcome: str, *, seconds: float | None = None, code: str | None = None,
+                   priority: str = "normal") -> None:
     """Count one finished series job; ``seconds`` (when a manifest was written) feeds the latency histogram."""
     if outcome not in SERIES_OUTCOMES:
         raise ValueError(f"series outcome must be one of {SERIES_OUTCOMES}, got {outcome!r}")
-    SERIES.labels(outcome, reason_code(code)).inc()
+    from shared.jobs import PRIORITIES
+
+    m = _metrics()
+    m.series.labels(outcome, reason_code(code)).inc()
     if seconds is not None:
-        SERIES_SECONDS.observe(seconds)
+        m.series_seconds.labels(priority if priority in PRIORITIES else "normal").observe(seconds)
 
 
 def count_retry(code: str | None) -> None:
-    RETRIES.labels(reason_code(code)).inc()
+    _metrics().retries.labels(reason_code(code)).inc()
 
 
 def count_dead_letter(code: str | None = "dead_letter") -> None:
-    DEAD_LETTERS.labels(reason_code(code)).inc()
+    _metrics().dead_letters.labels(reason_code(code)).inc()
 
 
 # --- queue state, read from Redis at scrape time ---------------------------------------------
@@ -210,15 +235,39 @@ def mark_ready(ready: bool = True) -> None:
     _ready.set() if ready else _ready.clear()
 
 
-def reset_shards() -> None:
-    """Remove shards left by an earlier run (an emptyDir outlives a container restart).
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
-    This process's own shards stay: they are open (mmap) since this module was imported.
-    """
-    own = f"_{os.getpid()}.db"
-    for shard in _multiproc_dir().glob("*.db"):
-        if not shard.name.endswith(own):
-            shard.unlink(missing_ok=True)
+
+def use_worker_dir() -> Path:
+    """Give this worker (and the processes it forks) its own shard directory under the configured
+    one, emptied first: an emptyDir outlives a container restart, and several workers may share a
+    machine. Directories of workers that are gone are removed. Call before anything is observed."""
+    if _metrics.cache_info().currsize:
+        raise RuntimeError("metrics were observed before the worker chose its shard directory")
+    base = _multiproc_dir()
+    if base.name.startswith("worker-"):  # already chosen (a re-exec'd worker inherits it)
+        base = base.parent
+    if str(base) in _private:  # nothing configured: a stable place, so a killed worker's shards get swept
+        shutil.rmtree(base, ignore_errors=True)
+        base = Path(tempfile.gettempdir()) / "dicomfleet-metrics"
+    for old in base.glob("worker-*"):
+        pid = old.name.removeprefix("worker-")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    own = base / f"worker-{os.getpid()}"
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(own)
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(own, ignore_errors=True))
+    return own
 
 
 def mark_process_dead(pid: int) -> None:
@@ -271,8 +320,8 @@ def serve(port: int, settings=None, *, host: str = "0.0.0.0", client=None) -> Th
 
 
 def install(app, settings) -> None:
-    """Wire metrics into a Celery worker: fresh shards and the server at start, readiness,
-    retries, and dead pool processes' gauges (prefork)."""
+    """Wire metrics into a Celery worker: its own shards and the server at start, readiness,
+    retries, and dead pool processes' shards (prefork)."""
     from celery import signals
 
     if not settings.metrics_port:
@@ -280,8 +329,11 @@ def install(app, settings) -> None:
 
     @signals.worker_init.connect(weak=False)
     def _start(**_) -> None:
-        reset_shards()
-        serve(settings.metrics_port, settings)
+        use_worker_dir()
+        try:
+            serve(settings.metrics_port, settings)
+        except OSError as err:  # the worker still converts; its probes will say what is wrong
+            log.error("metrics server not started: port %s: %s", settings.metrics_port, err.strerror)
 
     @signals.worker_ready.connect(weak=False)
     def _ready_on(**_) -> None:

@@ -13,6 +13,7 @@ import functools
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 
 from celery.exceptions import Reject
@@ -23,6 +24,7 @@ from shared.ledger import Ledger
 from shared.settings import Settings
 from shared.store import open_store
 
+from . import metrics
 from .pool import PoolCrashed, ShutdownRequested
 
 
@@ -77,6 +79,7 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
             job = message.get("job_id") if isinstance(message, dict) else None
             if isinstance(job, str) and job:
                 book.failed(job, err.code, str(err))
+            metrics.observe_series("failed", code=err.code)
             return {"job_id": job, "state": "failed", "reason": str(err)}
 
         deliveries = book.started(msg.job_id, worker_name())
@@ -85,8 +88,11 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
                       f"(DICOMFLEET_MAX_REDELIVERIES={s.max_redeliveries})")
             book.dead(msg.job_id, reason, msg.to_json(), deliveries - 1)
             _record_failure(msg, "dead_letter", reason, deliveries - 1)
+            metrics.count_dead_letter("dead_letter")
+            metrics.observe_series("dead", code="dead_letter", priority=msg.priority)
             return {"job_id": msg.job_id, "state": "dead", "reason": reason}
 
+        started = time.perf_counter()
         try:
             manifest = run(msg)
         except ShutdownRequested as err:
@@ -101,6 +107,7 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
                 reason = f"gave up after {attempt} retries: {err}"
                 book.failed(msg.job_id, err.code, reason)
                 _record_failure(msg, err.code, reason, deliveries)
+                metrics.observe_series("failed", code=err.code, priority=msg.priority)
                 return {"job_id": msg.job_id, "state": "failed", "reason": reason}
             countdown = backoff(attempt, cap=s.retry_backoff_max)
             book.retrying(msg.job_id, str(err), attempt + 1, countdown)
@@ -109,6 +116,7 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
             code = err.code if isinstance(err, DicomfleetError) else "internal"
             book.failed(msg.job_id, code, _one_line(err))
             _record_failure(msg, code, _one_line(err), deliveries)
+            metrics.observe_series("failed", code=code, priority=msg.priority)
             return {"job_id": msg.job_id, "state": "failed", "reason": _one_line(err)}
 
         counts, failures = summary(manifest)
@@ -117,6 +125,8 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
         except DicomfleetError:
             pass
         book.done(msg.job_id, counts, failures)
+        metrics.observe_series("partial" if counts.get("failed") else "done",
+                               seconds=time.perf_counter() - started, priority=msg.priority)
         return {"job_id": msg.job_id, "state": "done", "counts": counts}
 
     task.__name__, task.__qualname__, task.__doc__ = run.__name__, run.__qualname__, run.__doc__

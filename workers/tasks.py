@@ -11,6 +11,7 @@ from celery.signals import worker_shutting_down
 from shared.chain import convert_series
 from shared.jobs import SeriesMessage
 
+from . import metrics
 from .celery_app import SERIES_TASK, app
 from .policy import series_task, settings
 from .pool import InstancePool, request_shutdown
@@ -30,7 +31,10 @@ def instance_pool() -> InstancePool:
 @series_task
 def convert_series_task(message: SeriesMessage) -> dict:
     """One series through the chain that `convert` runs, its instances over this worker's pool."""
-    return convert_series(message.series_job(), map_fn=instance_pool().map)
+    return convert_series(message.series_job(), map_fn=instance_pool().map, on_record=metrics.observe_instance)
+
+
+metrics.install(app, settings())  # /metrics, /healthz, /readyz on DICOMFLEET_METRICS_PORT
 
 
 @worker_shutting_down.connect
