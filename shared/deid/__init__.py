@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -88,18 +89,20 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
 
 def _stamp(ds: Dataset, options: tuple[str, ...], *, masked: bool) -> None:
     """Record the profile and options in the dataset (PS3.3 C.7.1.1 Patient Identity Removed)."""
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = [f"dicomfleet {__version__}", f"{load_table().reference} Basic Profile",
-                                 *options]
+    ds.add(DataElement(0x00120062, "CS", "YES"))  # Patient Identity Removed
+    ds.add(DataElement(0x00120063, "LO", [f"dicomfleet {__version__}",  # De-identification Method
+                                          f"{load_table().reference} Basic Profile", *options]))
     items = []
     for option in method_codes(options, masked=masked):
         item = Dataset()
-        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = option.code, "DCM", option.meaning
+        item.add(DataElement(0x00080100, "SH", option.code))  # Code Value
+        item.add(DataElement(0x00080102, "SH", "DCM"))  # Coding Scheme Designator
+        item.add(DataElement(0x00080104, "LO", option.meaning))  # Code Meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = (
-        "UNMODIFIED" if "retain-long-full-dates" in options else
-        "MODIFIED" if "retain-long-modified-dates" in options else "REMOVED")
+    ds.add(DataElement(0x00120064, "SQ", Sequence(items)))  # De-identification Method Code Sequence
+    ds.add(DataElement(0x00280303, "CS",  # Longitudinal Temporal Information Modified
+                       "UNMODIFIED" if "retain-long-full-dates" in options else
+                       "MODIFIED" if "retain-long-modified-dates" in options else "REMOVED"))
 
 
 def manifest_entry(opts: ConvertOptions) -> dict | None:

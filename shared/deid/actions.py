@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
@@ -60,17 +60,21 @@ class Context:
         return new
 
 
+#: exact types (a type test, not isinstance: MultiValue is an ABC and this is the hot path)
+_MULTI = frozenset({MultiValue, list, tuple})
+
+
 def _empty(value) -> bool:
-    return value is None or (hasattr(value, "__len__") and len(value) == 0)
+    return value is None or value == "" or (type(value) in _MULTI and len(value) == 0) or value == b""
 
 
 def _values(value) -> list:
-    return list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    return list(value) if type(value) in _MULTI else [value]
 
 
 def _each(value, fn):
     """Apply ``fn`` to one value or to each of a multi-value, keeping the shape."""
-    if isinstance(value, (MultiValue, list, tuple)):
+    if type(value) in _MULTI:
         return [fn(v) for v in value]
     return fn(value)
 
@@ -79,8 +83,10 @@ def walk(ds: Dataset, ctx: Context) -> None:
     """De-identify ``ds`` in place, recursively (the file meta is walked separately)."""
     table = ctx.table
     drop: list[int] = []
-    for elem in ds:
-        tag = elem.tag
+    for elem in list(ds.values()):  # no sorting, no per-tag lookup: this loop is the hot path
+        if isinstance(elem, RawDataElement):
+            elem = ds[elem.tag]
+        tag = int(elem.tag)  # a plain int: BaseTag compares in Python
         action = table.get(tag)
         if action is None:
             group = tag >> 16

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import hmac
 from functools import lru_cache
 
@@ -35,22 +34,30 @@ def deid_key() -> bytes:
 
 
 class Pseudonymizer:
-    """The pseudonym functions for one key (one keyed HMAC, copied per value: no re-keying)."""
+    """The pseudonym functions for one key. UIDs repeat across a series (study, series, frame of
+    reference) and within an instance (SOP and media storage UIDs): a bounded cache keeps them."""
+
+    CACHE_SIZE = 4096
 
     def __init__(self, key: bytes) -> None:
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._key = key
+        self._uids: dict[str, str] = {}
 
     def digest(self, domain: bytes, value: str) -> bytes:
-        mac = self._mac.copy()
-        mac.update(domain + b"\0" + value.encode("utf-8", "surrogateescape"))
-        return mac.digest()
+        return hmac.digest(self._key, domain + b"\0" + value.encode("utf-8", "surrogateescape"), "sha256")
 
     def uid(self, value: str) -> str:
         """``2.25.<int>`` of a UUIDv8 made from the HMAC: ≤ 44 characters, digits and dots."""
-        raw = bytearray(self.digest(b"uid", value.strip().rstrip("\0"))[:16])
-        raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562 custom)
-        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
-        return f"2.25.{int.from_bytes(raw, 'big')}"
+        found = self._uids.get(value)
+        if found is None:
+            raw = bytearray(self.digest(b"uid", value.strip().rstrip("\0"))[:16])
+            raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562 custom)
+            raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
+            found = f"2.25.{int.from_bytes(raw, 'big')}"
+            if len(self._uids) >= self.CACHE_SIZE:
+                self._uids.clear()
+            self._uids[value] = found
+        return found
 
     def text(self, value: str, length: int = 12) -> str:
         """An opaque token (upper-case letters and digits, valid in every text VR, CS included)."""
