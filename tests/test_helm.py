@@ -209,11 +209,15 @@ def test_settings_read_back_from_the_rendered_environment(name, values, request,
 # --- workers: autoscaling, shutdown, probes --------------------------------------------------
 
 def worker_queues(rendered: Rendered) -> list[str]:
-    """The queues `dicomfleet worker` consumes, in order, for this pod's settings (as producer/cli.py builds them)."""
+    """The queues `dicomfleet worker` consumes, in order, under this pod's settings: the Celery
+    app's own queue list (the worker is given no --queues, so it drains all of them)."""
+    from workers.celery_app import celery_config
+
     container = rendered.get("Deployment", f"{FULLNAME}-worker")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "worker" and "--queues" not in container["args"]
     env = rendered.environment(container)
-    return [env["DICOMFLEET_QUEUE_HIGH"], env["DICOMFLEET_QUEUE"]]
+    settings = Settings(queue=env["DICOMFLEET_QUEUE"], queue_high=env["DICOMFLEET_QUEUE_HIGH"])
+    return [q.name for q in celery_config(settings)["task_queues"]]
 
 
 def test_keda_scales_on_the_queues_the_workers_consume_high_priority_first(production):
@@ -232,6 +236,11 @@ def test_keda_scales_on_the_queues_the_workers_consume_high_priority_first(produ
     auth = production.get("TriggerAuthentication", f"{FULLNAME}-redis-auth")
     assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": "dicomfleet-redis", "key": "password"}]
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 40)  # scaleToZero
+    renamed = Rendered(merge(PRODUCTION, {"config": {"queue": "nightly", "queueHigh": "stat"},
+                                          "autoscaling": {"scaleToZero": False, "minReplicas": 2}}))
+    spec = renamed.get("ScaledObject", f"{FULLNAME}-worker")["spec"]
+    assert [t["metadata"]["listName"] for t in spec["triggers"]] == worker_queues(renamed) == ["stat", "nightly"]
+    assert spec["minReplicaCount"] == 2
     assert "replicas" not in production.get("Deployment", f"{FULLNAME}-worker")["spec"]
 
 
