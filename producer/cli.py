@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DicomfleetError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
 
 from .local import RunSummary, default_workers, run_local
@@ -129,56 +129,47 @@ map_app = typer.Typer(no_args_is_help=True, help="The encrypted pseudonym map (G
 app.add_typer(map_app, name="pseudonym-map")
 
 
-def _patient_value(value: str | None) -> str:
-    """The patient to look up: the argument, else one line from stdin (keeps PHI out of argv)."""
+def _open_map(file: str, value: str | None):
+    """The map and the patient to look up: the argument, else one line from stdin (keeps PHI out
+    of argv and shell history). The map key may be the one `convert` created on this machine."""
     from shared.deid import keys, mapping
 
     keys.use_local_secret(mapping.KEY_NAME, "pseudonym-map.key")
     value = value if value is not None else sys.stdin.readline()
     if not value.strip():
         raise _usage("name the patient: a Patient ID, its pseudonym, or a UID of theirs (or on stdin)")
-    return value.strip()
+    return mapping.PseudonymMap(file), value.strip()
+
+
+_MapFile = Annotated[str, typer.Argument(help="The pseudonym map file.")]
+_Patient = Annotated[str | None, typer.Argument(
+    help="Patient ID, patient pseudonym, or any original/pseudonymous UID of theirs; stdin if omitted.")]
 
 
 @map_app.command("forget")
-def map_forget(
-    file: Annotated[str, typer.Argument(help="The pseudonym map file.")],
-    patient: Annotated[str | None, typer.Argument(
-        help="Patient ID, patient pseudonym, or any original/pseudonymous UID of theirs; stdin if omitted.")] = None,
-) -> None:
+def map_forget(file: _MapFile, patient: _Patient = None) -> None:
     """Erase one patient's entries from the map (right to erasure)."""
-    from shared.deid.mapping import PseudonymMap
-
+    pmap, value = _open_map(file, patient)
     try:
-        removed, patients = PseudonymMap(file).forget(_patient_value(patient))
-    except ConfigError as e:
+        removed, patients = pmap.forget(value)
+    except DicomfleetError as e:
         raise _usage(str(e)) from e
     err.print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} of {patients} patient(s)", highlight=False)
     raise typer.Exit(0 if patients else 1)
 
 
 @map_app.command("show")
-def map_show(
-    file: Annotated[str, typer.Argument(help="The pseudonym map file.")],
-    patient: Annotated[str | None, typer.Argument(
-        help="Patient ID, patient pseudonym, or any original/pseudonymous UID of theirs; stdin if omitted.")] = None,
-) -> None:
+def map_show(file: _MapFile, patient: _Patient = None) -> None:
     """Print one patient's original→pseudonym pairs as JSON (right of access)."""
     import json
 
-    from shared.deid.mapping import PseudonymMap
-
+    pmap, value = _open_map(file, patient)
     try:
-        entries = PseudonymMap(file).patient_entries(_patient_value(patient))
-    except ConfigError as e:
+        found = pmap.access(value)
+    except DicomfleetError as e:
         raise _usage(str(e)) from e
-    merged: dict[str, dict] = {}
-    for e in entries:
-        m = merged.setdefault(e.patient, {"patient": e.patient, "patient_pseudonym": e.patient_pseudonym,
-                                          "date_shift_days": -e.shift_days, "pairs": {}})
-        m["pairs"].update(e.pairs)
-    typer.echo(json.dumps(list(merged.values()), indent=2, sort_keys=True))
-    raise typer.Exit(0 if merged else 1)
+    typer.echo(json.dumps(found, indent=2, sort_keys=True))
+    raise typer.Exit(0 if found else 1)
 
 
 # --- the fleet: submit, worker, status ------------------------------------------------------

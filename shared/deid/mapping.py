@@ -121,6 +121,15 @@ class PseudonymMap:
         patients = {e.patient for e in entries if e.matches(value)}
         return [e for e in entries if e.patient in patients]
 
+    def access(self, value: str) -> list[dict]:
+        """Right of access: per patient ``value`` names, every pair ever recorded, merged."""
+        merged: dict[str, dict] = {}
+        for e in self.patient_entries(value):
+            m = merged.setdefault(e.patient, {"patient": e.patient, "patient_pseudonym": e.patient_pseudonym,
+                                              "date_shift_days": -e.shift_days, "pairs": {}})
+            m["pairs"].update(e.pairs)
+        return list(merged.values())
+
     def forget(self, value: str) -> tuple[int, int]:
         """Erase every entry of the patient(s) ``value`` names; (entries removed, patients)."""
         with self._locked():
