@@ -85,7 +85,7 @@ def fleet_env(s3: S3Server, name: str | None = None, **settings: object) -> Env:
     """Env for one isolated fleet: its own queues and Redis keys (Redis DB 0 is shared)."""
     name = name or f"df-{uuid.uuid4().hex[:10]}"
     env = {**s3.env(), "DICOMFLEET_QUEUE": f"{name}.normal", "DICOMFLEET_QUEUE_HIGH": f"{name}.high",
-           "DICOMFLEET_KEY_PREFIX": name}
+           "DICOMFLEET_KEY_PREFIX": name, "DICOMFLEET_METRICS_PORT": "0"}
     env.update({f"DICOMFLEET_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

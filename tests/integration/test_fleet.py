@@ -140,7 +140,7 @@ def test_series_and_pydicom_files_convert_verified_and_resubmit_is_a_noop(fleet,
     assert len(manifests) == len(result.jobs)
     reference = local_reference(tmp_path, sources, opts)
     assert objects.keys() == reference.keys()
-    assert all(objects[k] == reference[k] for k in reference), "fleet and local outputs differ"
+    assert [k for k in reference if objects[k] != reference[k]] == [], "fleet and local outputs differ"
 
     by_size = {m["counts"]["instances"]: m for m in manifests}
     assert by_size[50]["counts"] == {"instances": 50, "converted": 50, "failed": 0, "outputs": 100}
@@ -188,7 +188,7 @@ def test_worker_killed_mid_series_another_finishes_identically(fleet_factory, ct
     assert manifest["counts"] == {"instances": 50, "converted": 50, "failed": 0, "outputs": 250}
     reference = local_reference(tmp_path, [str(ct50)], opts)
     assert objects.keys() == reference.keys()
-    assert all(objects[k] == reference[k] for k in reference)
+    assert [k for k in reference if objects[k] != reference[k]] == []
 
 
 def test_s3_unavailable_for_a_few_seconds_retries_and_finishes(fleet_factory, corrupt_series, tmp_path_factory):
