@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from shared.errors import ConfigError, DicomfleetError
+from shared.errors import ConfigError, DicomfleetError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
 
 from .local import RunSummary, default_workers, run_local
@@ -103,6 +103,8 @@ def convert(
         summary = run_local(sources, out, opts, workers=workers or default_workers(), progress=bar)
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e
+    except StorageError as e:  # an s3:// source or target that cannot be reached
+        raise _usage(str(e)) from e
     finally:
         if bar:
             bar.stop()

@@ -129,6 +129,8 @@ def _s3_fault(action: str, what: str, err: Exception) -> StorageError:
         reason = f"{err.code}"
     elif isinstance(err, ServerError):
         reason = f"HTTP {err.status_code}"
+    elif isinstance(getattr(err, "reason", None), Exception):  # urllib3's MaxRetryError
+        reason = f"endpoint unreachable ({type(err.reason).__name__})"
     else:
         reason = type(err).__name__
     return StorageError(f"cannot {action} {what} on S3: {reason}")
