@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import redis
 
-from producer.fleetrun import S3Server
+from producer.fleetrun import S3Server, free_port
 from producer.local import run_local
 from producer.status import status
 from producer.submit import submit, wait
@@ -294,3 +295,38 @@ def test_priority_high_goes_to_its_own_queue_and_is_drained_first(fleet, tmp_pat
     order = sorted(records, key=lambda jid: records[jid]["started"])
     assert order[0] == urgent.job_id
     assert [records[j.job_id]["state"] for j in batch] == ["done"] * 3
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own on another port (commands counted without neighbours)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    until(lambda: _answers(port), timeout=20, what="redis-server")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.kill()
+    proc.wait(10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+    except redis.RedisError:
+        return False
+
+
+def test_redis_round_trips_are_per_series_not_per_slice(private_redis, fleet_factory, ct50, tmp_path):
+    """A 50-slice series costs Redis about what a 3-slice one does: the chain never talks to Redis."""
+    fleet = fleet_factory(broker_url=private_redis, result_backend=private_redis)
+    fleet.worker()
+    write_series(tmp_path / "small", slices=3, size=128, seed=5)
+    server = redis.Redis.from_url(private_redis)
+    commands = {}
+    for name, src in (("small", tmp_path / "small"), ("big", ct50)):
+        before = server.info("stats")["total_commands_processed"]
+        (job,) = submit([str(src)], fleet.dest, ConvertOptions(formats=("png",))).jobs
+        (record,) = wait([job.job_id], timeout=60, poll=1.0).values()
+        assert record["state"] == "done"
+        commands[name] = server.info("stats")["total_commands_processed"] - before
+    assert commands["big"] - commands["small"] < 20, commands  # per slice would be ≥ 47 more
