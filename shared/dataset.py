@@ -249,7 +249,9 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
             arr = ds.pixel_array
     except NotImplementedError as err:
         raise UnsupportedError(f"cannot decode transfer syntax {name}: {_first_line(err)}") from err
-    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, EOFError) as err:
+    except BaseException as err:  # any decoder failure is the input's; a Rust decoder's panic
+        if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
+            raise  # is a BaseException (pyo3), the rest (KeyboardInterrupt, SystemExit) go on
         detail = _first_line(err, 1000).replace(_ALL_PLUGINS_FAILED, "every decoder failed:")
         raise InvalidDicomError(
             f"(7FE0,0010) {name} pixel data could not be decoded ({detail[:300]})") from err

@@ -155,6 +155,18 @@ def test_rle_frame_too_small_for_its_header():
     assert "but the header declares 32000000 (4000 × 4000 × 1 sample(s) × 16 bits)" in reason
 
 
+def test_rle_segment_overrunning_its_frame_is_refused_not_a_crash():
+    """Replicate runs past the end of a segment make pylibjpeg-rle panic (a Rust PanicException,
+    a BaseException that `except Exception` lets through to kill the worker): a reason instead."""
+    ds = pydicom.dcmread(bundled("MR_small_RLE.dcm"))
+    segment = bytes([0x81, 0x00]) * 40  # 40 runs of 128 bytes: 5120 > the 4096 a segment holds
+    header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    kind, reason = refuse(ds)
+    assert kind is InvalidDicomError
+    assert reason.startswith("(7FE0,0010) RLE Lossless pixel data could not be decoded (")
+
+
 HUGE_VALUE = {
     "dataset": struct.pack("<HHI", 0x0008, 0x0016, 0xFFFFFFF0) + b"1.2.3",
     "file_meta": b"\0" * 128 + b"DICM" + struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFF0),
