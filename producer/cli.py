@@ -66,16 +66,24 @@ def print_summary(s: RunSummary) -> None:
         err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False, soft_wrap=True)
 
 
+#: conversion flags shared by `convert` and `submit`
+FormatsOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Output format; repeat for several.")]
+WindowOpt = Annotated[str, typer.Option(envvar="DICOMFLEET_WINDOW", help="default|auto|lung|mediastinum|bone|brain|C,W")]
+QualityOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")]
+NoDeidOpt = Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")]
+MaxPixelsOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
+                                           help="Refuse instances declaring more samples than this.")]
+
+
 @app.command()
 def convert(
     sources: Annotated[list[str], typer.Argument(help="DICOM files or directories (recursive).")],
     out: Annotated[str, typer.Option("--out", "-o", envvar="DICOMFLEET_OUT", help="Destination directory.")],
-    fmt: Annotated[list[Format], typer.Option("--format", "-f", help="Output format; repeat for several.")] = [Format.PNG],  # noqa: B006
-    window: Annotated[str, typer.Option(envvar="DICOMFLEET_WINDOW",
-                                        help="default|auto|lung|mediastinum|bone|brain|C,W")] = "default",
-    quality: Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")] = 95,
+    fmt: FormatsOpt = [Format.PNG],  # noqa: B006
+    window: WindowOpt = "default",
+    quality: QualityOpt = 95,
     workers: Annotated[int, typer.Option(envvar="DICOMFLEET_WORKERS", help="Processes (default: all cores).")] = 0,
-    no_deid: Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")] = False,
+    no_deid: NoDeidOpt = False,
     deid_option: Annotated[list[str], typer.Option(
         "--deid-option", help="PS3.15 option, repeatable: retain-long-full-dates, retain-long-modified-dates, "
         "retain-patient-chars, retain-device-id, retain-institution-id, retain-safe-private, clean-descriptors.")] = [],  # noqa: B006
@@ -86,8 +94,7 @@ def convert(
     pseudonym_map: Annotated[str | None, typer.Option(
         envvar="DICOMFLEET_PSEUDONYM_MAP",
         help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")] = None,
-    max_pixels: Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
-                                            help="Refuse instances declaring more samples than this.")] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     try:
@@ -190,13 +197,11 @@ def _fleet_settings():
 def submit(
     sources: Annotated[list[str], typer.Argument(help="Directories, files or s3://bucket/prefix (headers only).")],
     out: Annotated[str, typer.Option("--out", "-o", envvar="DICOMFLEET_OUT", help="s3://bucket/prefix or a directory the workers share.")],
-    fmt: Annotated[list[Format], typer.Option("--format", "-f", help="Output format; repeat for several.")] = [Format.PNG],  # noqa: B006
-    window: Annotated[str, typer.Option(envvar="DICOMFLEET_WINDOW",
-                                        help="default|auto|lung|mediastinum|bone|brain|C,W")] = "default",
-    quality: Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")] = 95,
-    no_deid: Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")] = False,
-    max_pixels: Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
-                                            help="Refuse instances declaring more samples than this.")] = DEFAULT_MAX_PIXELS,
+    fmt: FormatsOpt = [Format.PNG],  # noqa: B006
+    window: WindowOpt = "default",
+    quality: QualityOpt = 95,
+    no_deid: NoDeidOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     priority: Annotated[str, typer.Option(help="normal, or high: the real-time queue workers drain first.")] = "normal",
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every job is done or failed.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds (0: never).")] = 0,
