@@ -59,6 +59,15 @@ def test_run_child_measures_cpu_rss_and_reports_failures(tmp_path):
     assert ok.ok and ok.wall > 0 and ok.cpu > 0 and ok.rss_mb >= 64
     bad = run_child([sys.executable, "-c", "raise SystemExit('no such series')"], log=str(tmp_path / "log"))
     assert not bad.ok and bad.error == "exit 1: no such series"
+    missing = run_child(["dicomfleet-no-such-tool"], log=str(tmp_path / "log"))
+    assert not missing.ok and missing.error.startswith("cannot start dicomfleet-no-such-tool")
+
+
+def test_peak_rss_is_the_childs_not_the_harness():
+    """Linux keeps peak RSS across exec: a child spawned from a big harness must not inherit it."""
+    ballast = np.ones(256 << 20, np.uint8)
+    small = run_child([sys.executable, "-c", "pass"])
+    assert ballast.sum() == 256 << 20 and small.ok and small.rss_mb < 64
 
 
 def test_targets_are_ratios_of_medians():
