@@ -23,6 +23,7 @@ from .pseudonyms import Pseudonymizer, current
 
 __all__ = ["DeidResult", "deidentify", "manifest_entry", "pseudonymous_prefix"]
 
+_MEDIA_SOP_UID = 0x00020003
 _CLEANING_OPTIONS = frozenset({"clean-descriptors", "retain-patient-chars", "retain-device-id"})
 
 
@@ -70,11 +71,12 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
                   pairs={} if opts.pseudonym_map else None)
     walk(ds, ctx)
     meta = getattr(ds, "file_meta", None)
-    if meta is not None:
+    if meta is not None:  # group 0002 only: one table attribute, the rest names the sender
         for tag in META_REMOVE:
             if tag in meta:
                 del meta[tag]
-        walk(meta, ctx)
+        if _MEDIA_SOP_UID in meta and meta[_MEDIA_SOP_UID].value:
+            meta[_MEDIA_SOP_UID].value = ctx.uid(str(meta[_MEDIA_SOP_UID].value))
     clean_elements(ctx.to_clean, ctx.identifiers)
     _stamp(ds, options, masked=reason is not None)
     if opts.pseudonym_map:

@@ -6,7 +6,6 @@ pseudonyms cannot be reversed or recomputed (no dictionary attack on short value
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hmac
 from functools import lru_cache
@@ -34,42 +33,50 @@ def deid_key() -> bytes:
 
 
 class Pseudonymizer:
-    """The pseudonym functions for one key. UIDs repeat across a series (study, series, frame of
-    reference) and within an instance (SOP and media storage UIDs): a bounded cache keeps them."""
+    """The pseudonym functions for one key. Most values repeat across a series (study, series,
+    patient, institution…) or within an instance (SOP and media storage UIDs): a bounded cache
+    keyed by (domain, value) computes each once per process."""
 
     CACHE_SIZE = 4096
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._uids: dict[str, str] = {}
+        self._cache: dict[tuple[str, str], str | int] = {}
 
     def digest(self, domain: bytes, value: str) -> bytes:
         return hmac.digest(self._key, domain + b"\0" + value.encode("utf-8", "surrogateescape"), "sha256")
 
-    def uid(self, value: str) -> str:
-        """``2.25.<int>`` of a UUIDv8 made from the HMAC: ≤ 44 characters, digits and dots."""
-        found = self._uids.get(value)
+    def _cached(self, domain: str, value: str, make):
+        found = self._cache.get((domain, value))
         if found is None:
-            raw = bytearray(self.digest(b"uid", value.strip().rstrip("\0"))[:16])
-            raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562 custom)
-            raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
-            found = f"2.25.{int.from_bytes(raw, 'big')}"
-            if len(self._uids) >= self.CACHE_SIZE:
-                self._uids.clear()
-            self._uids[value] = found
+            found = make(self.digest(domain.encode(), value))
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[(domain, value)] = found
         return found
 
-    def text(self, value: str, length: int = 12) -> str:
-        """An opaque token (upper-case letters and digits, valid in every text VR, CS included)."""
-        token = base64.b32encode(self.digest(b"text", value.strip())).decode("ascii")
-        return token[:length]
+    def uid(self, value: str) -> str:
+        """``2.25.<int>`` of a UUIDv8 made from the HMAC: ≤ 44 characters, digits and dots."""
+        return self._cached("uid", value.strip().rstrip("\0"), _uid_from_digest)
+
+    def text(self, value: str) -> str:
+        """An opaque 12-character token (upper-case letters and digits: valid in every text VR)."""
+        return self._cached("text", value.strip(), lambda d: "X" + d.hex()[:11].upper())
 
     def patient_id(self, patient_key: str) -> str:
-        return "PAT" + base64.b32encode(self.digest(b"patient", patient_key)).decode("ascii")[:13]
+        return self._cached("patient", patient_key, lambda d: "PAT" + d.hex()[:13].upper())
 
     def shift_days(self, patient_key: str) -> int:
         """The patient's date shift: the same for every instance of the patient, 1..3652 days."""
-        return 1 + int.from_bytes(self.digest(b"date-shift", patient_key)[:8], "big") % MAX_SHIFT_DAYS
+        return self._cached("date-shift", patient_key,
+                            lambda d: 1 + int.from_bytes(d[:8], "big") % MAX_SHIFT_DAYS)
+
+
+def _uid_from_digest(digest: bytes) -> str:
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80  # version 8 (RFC 9562 custom)
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
+    return f"2.25.{int.from_bytes(raw, 'big')}"
 
 
 @lru_cache(maxsize=4)
