@@ -33,6 +33,8 @@ class Contender:
     floor: str | None = None  # the floor contender its ratios are taken against
     skip: str | None = None  # why it is not run (tool missing, feature absent)
     env: dict = field(default_factory=dict)
+    #: prints JSON {"seconds", "slices"} last: its own clock (set-up excluded), outputs not on disk
+    self_timed: bool = False
 
 
 def dicomfleet_exe() -> str:
@@ -110,15 +112,10 @@ def _naive() -> Contender:
 
 
 # ---- FLEET SLOT ----------------------------------------------------------------------------------
-# The fleet path (producer → Redis → workers → S3 server) is timed here once it exists. Its owner adds
-# bench/fleet.py with `contenders(workers: int) -> list[Contender]` whose commands start what they
-# need on loopback and convert the input series end to end (group "fleet", floor "floor png").
-# Until then the slot reports itself as skipped.
+# The fleet path (producer → Redis → workers → S3 server) lives in bench/fleet.py, on top of
+# producer.fleetrun; it reports itself as skipped when the fleet or its servers are not there.
 def _fleet(workers: int) -> list[Contender]:
-    if importlib.util.find_spec("bench.fleet") is None:
-        return [Contender("fleet png", "fleet", lambda i, o: [], floor="floor png",
-                          skip="fleet path not built yet (no bench/fleet.py)")]
-    from bench import fleet  # type: ignore[attr-defined]
+    from bench import fleet
 
     return list(fleet.contenders(workers))
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,37 @@
+"""The fleet path in `make bench`: producer → Redis → one `dicomfleet worker` → S3 server (moto).
+
+``producer.fleetrun.measure`` starts the S3 server and a worker with N pool processes, waits until
+they are ready, then times submit → every job done; it prints that time as JSON. The harness takes
+the wall figure from there (``self_timed``) and CPU and peak RSS from the whole process tree, so
+those also count the S3 server and the worker's start-up.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from .contenders import Contender
+
+
+def _missing() -> str | None:
+    """Why the fleet cannot run here, or None."""
+    if importlib.util.find_spec("producer.fleetrun") is None:
+        return "fleet path not built yet (no producer.fleetrun)"
+    if not (shutil.which("moto_server") or Path(sys.executable).with_name("moto_server").exists()):
+        return "moto_server (the S3 server of the tests) not installed"
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            pass
+    except OSError:
+        return "no Redis on 127.0.0.1:6379"
+    return None
+
+
+def contenders(workers: int) -> list[Contender]:
+    skip = _missing()
+    return [Contender(f"fleet png w{workers}", "fleet",
+                      lambda i, o: [sys.executable, "-m", "producer.fleetrun", i, str(workers)],
+                      "png", workers=workers, floor="floor png", skip=skip, self_timed=True)]
