@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import data, report
-from .contenders import REPO, Contender, contenders, dicomfleet_exe
+from .contenders import BENCH_ENV, REPO, Contender, contenders, dicomfleet_exe, has_deid
 from .measure import Sample, fresh_dir, run_child
 
 DEFAULT_OUT = REPO / "bench" / "out" / "results.json"
@@ -83,16 +83,18 @@ def time_contenders(active: list[Contender], inputs: dict[str, Path], runs: int,
     return samples
 
 
-def stage_profiles(src: Path, workdir: Path, outputs: list[str], deid: bool) -> list[dict]:
-    """Per-stage ms per slice for each output set, each measured in a child process."""
+def stage_profiles(src: Path, workdir: Path, outputs: list[str]) -> list[dict]:
+    """Per-stage ms per slice for each output set (" deid" appended: de-identification on), each
+    measured in a child process."""
     found = []
     for fmt in outputs:
-        args = [a for f in fmt.split("+") for a in ("--format", f)] + (["--deid"] if deid else [])
+        kinds, _, deid = fmt.partition(" ")
+        args = [a for f in kinds.split("+") for a in ("--format", f)] + (["--deid"] if deid else [])
         out = fresh_dir(str(workdir / "out"))
         done = subprocess.run([sys.executable, "-m", "bench.stages", str(src), out, *args], cwd=REPO,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env={**os.environ, **BENCH_ENV})
         if done.returncode == 0:
-            found.append(json.loads(done.stdout))
+            found.append(json.loads(done.stdout) | {"formats": fmt})
         else:
             print(f"  stages {fmt}: {(done.stderr.strip().splitlines() or ['failed'])[-1]}", file=sys.stderr)
     return found
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                      "parameters": {"slices": a.slices, "size": a.size, "runs": a.runs, "workers": a.workers},
                      "contenders": rows, "skipped": skipped, "targets": checks}
     if not a.no_stages:
-        outs = ["png", "png16", "jpeg", "tiff", "png+tiff"]
-        results["stages"] = stage_profiles(inputs["raw"], workdir, outs, deid=False)
+        outs = ["png", "png16", "jpeg", "tiff", "png+tiff"] + (["png deid"] if has_deid() else [])
+        results["stages"] = stage_profiles(inputs["raw"], workdir, outs)
     if a.memory:
         print(f"bench: memory, {a.slices} vs {a.memory_slices} slices", file=sys.stderr)
         results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 2)))
