@@ -19,6 +19,7 @@ from pydicom.uid import (
 )
 
 from .codestream import j2k_size, jpeg_size, rle_capacity
+from .gdcm_child import GDCM_SYNTAXES, ChildDecodeError, decode_in_child
 from .errors import (
     InvalidDicomError,
     NoPixelDataError,
@@ -171,8 +172,12 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
             f"the pixel budget of {max_pixels} (DICOMFLEET_MAX_PIXELS)"
         )
     elem = ds[keyword]
-    if keyword == "PixelData" and ds.file_meta.get("TransferSyntaxUID", None) is not None:
-        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+    ts = ds.file_meta.get("TransferSyntaxUID", None)
+    if keyword == "PixelData" and ts is not None:
+        if not ts.is_transfer_syntax:
+            raise UnsupportedError(
+                f"(0002,0010) Transfer Syntax UID {str(ts)[:64]!r} is not a known transfer syntax")
+        if ts.is_encapsulated:
             check_codestreams(ds, frames, rows, cols, spp, bits)
             return
     per_sample_bits = bits
@@ -253,8 +258,14 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
         if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
             raise  # is a BaseException (pyo3), the rest (KeyboardInterrupt, SystemExit) go on
         detail = _first_line(err, 1000).replace(_ALL_PLUGINS_FAILED, "every decoder failed:")
-        raise InvalidDicomError(
-            f"(7FE0,0010) {name} pixel data could not be decoded ({detail[:300]})") from err
+        if str(ts) not in GDCM_SYNTAXES:
+            raise InvalidDicomError(
+                f"(7FE0,0010) {name} pixel data could not be decoded ({detail[:300]})") from err
+        try:
+            arr = decode_in_child(ds)
+        except ChildDecodeError as child_err:
+            raise InvalidDicomError(f"(7FE0,0010) {name} pixel data could not be decoded "
+                                    f"({detail[:240]}; {str(child_err)[:120]})") from err
     if not arr.dtype.isnative:  # big endian sources: values kept, byte order made native
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr

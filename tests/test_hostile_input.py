@@ -213,3 +213,31 @@ def test_junk_directory_converts_nothing_and_exits_cleanly(junk_dir, tmp_path):
     assert skipped == {"skipped 14 file(s): not DICOM",  # cut.dcm keeps its SOP Class UID:
                        "skipped 1 file(s): DICOM without an image (e.g. SR, RT plan)"}
     assert "Traceback" not in result.output and not out.exists()
+
+
+#: six bytes of SC_rgb_jpeg_dcmtk.dcm changed (found by fuzzing): GDCM 3.0 aborts the process on it
+GDCM_ABORT = {3326: 104, 1896: 105, 2019: 101, 2746: 210, 1275: 120, 2798: 96}
+
+
+def test_gdcm_runs_out_of_process():
+    """pydicom tries GDCM first, in-process; it is moved to a child process, the last resort."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGLSLossless
+
+    from shared.gdcm_child import GDCM_SYNTAXES
+
+    for uid in (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000):
+        assert "gdcm" not in get_decoder(uid).available_plugins and uid in GDCM_SYNTAXES
+    assert len(GDCM_SYNTAXES) == 8
+
+
+def test_corrupt_jpeg_that_aborts_gdcm_costs_one_instance():
+    data = bytearray(bundled("SC_rgb_jpeg_dcmtk.dcm").read_bytes())
+    for pos, value in GDCM_ABORT.items():
+        data[pos] = value
+    with pytest.raises(InvalidDicomError) as err:
+        convert_dataset(read_dataset(bytes(data)), ConvertOptions(formats=("png",), deid=False))
+    reason = str(err.value)
+    assert reason.startswith("(7FE0,0010) JPEG Baseline (Process 1) pixel data could not be decoded (every "
+                             "decoder failed: pylibjpeg: ")
+    assert "; pillow: " in reason and "; gdcm: " in reason and "\n" not in reason
