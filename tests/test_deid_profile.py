@@ -268,3 +268,16 @@ def test_options_are_validated_and_survive_json():
                        ({"deid": False, "deid_options": ["clean-descriptors"]}, "drop --no-deid")):
         with pytest.raises(ConfigError, match=match):
             ConvertOptions(**bad)
+
+
+def test_output_metadata_comes_only_from_the_whitelist(tmp_path):
+    from shared.deid.metadata import safe_attributes
+
+    ds = _ct(1, tmp_path)[0]
+    deidentify(ds, ConvertOptions(deid_options=("retain-device-id", "retain-institution-id")))
+    meta = safe_attributes(ds)
+    assert meta["Rows"] == "16" and meta["WindowCenter"] == "40.0\\-600.0" and meta["PatientIdentityRemoved"] == "YES"
+    assert not {v for v in PHI.values() if any(v in m for m in meta.values())}
+    assert "InstitutionName" not in meta and "StationName" not in meta  # retained, but not whitelisted
+    with pytest.raises(ValueError, match="not on the output metadata whitelist"):
+        safe_attributes(ds, ("PatientName",))

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
+from pydicom.valuerep import PersonName
 
 from .profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, SAFE_PRIVATE, SHIFT, UID
 from .pseudonyms import Pseudonymizer, shift_date, shift_datetime
@@ -64,8 +66,18 @@ class Context:
 _MULTI = frozenset({MultiValue, list, tuple})
 
 
+_SIZED = _MULTI | {str, bytes}
+
+
 def _empty(value) -> bool:
-    return value is None or value == "" or (type(value) in _MULTI and len(value) == 0) or value == b""
+    """No value to hide (never compares values: numpy arrays would not give a truth value)."""
+    if value is None:
+        return True
+    if type(value) in _SIZED or isinstance(value, (str, bytes, Sequence)):  # UID is a str
+        return len(value) == 0
+    if isinstance(value, PersonName):
+        return len(str(value)) == 0
+    return False
 
 
 def _values(value) -> list:
