@@ -281,3 +281,7 @@ def test_output_metadata_comes_only_from_the_whitelist(tmp_path):
     assert "InstitutionName" not in meta and "StationName" not in meta  # retained, but not whitelisted
     with pytest.raises(ValueError, match="not on the output metadata whitelist"):
         safe_attributes(ds, ("PatientName",))
+    # attributes an option keeps on purpose are embeddable only under that option
+    assert safe_attributes(ds, ("Modality", "InstitutionName")) == {"Modality": "CT"}
+    assert safe_attributes(ds, ("InstitutionName",), ("retain-institution-id",)) == \
+        {"InstitutionName": PHI["InstitutionName"]}

@@ -1,8 +1,10 @@
 """The whitelist of DICOM attributes whose values may appear in output metadata.
 
-PNG text chunks, EXIF/XMP, TIFF tags, manifests, object keys, log lines and metric labels take
-DICOM values from `safe_attributes` only: image geometry and rendering parameters, nothing that
-describes a person, a place, a device or a time.
+PNG text chunks, EXIF/XMP, TIFF tags, PDF, manifests, object keys, log lines and metric labels
+take DICOM values from `safe_attributes` only: image geometry and rendering parameters, always;
+a few attributes more only under the PS3.15 option that makes the user keep them on purpose
+(a study date under the temporal options, a cleaned description, a device serial number).
+Values are read from the dataset after de-identification, so they are what the profile left.
 """
 from __future__ import annotations
 
@@ -16,20 +18,38 @@ SAFE_ATTRIBUTES = (
     "SpacingBetweenSlices", "ImageOrientationPatient", "BodyPartExamined", "PatientIdentityRemoved",
     "DeidentificationMethod", "LongitudinalTemporalInformationModified",
 )
+#: Attributes that identify unless an option keeps them on purpose: keyword → the options (any
+#: one suffices) under which they may be embedded.
+SAFE_WITH_OPTION: dict[str, frozenset[str]] = {
+    "StudyDate": frozenset({"retain-long-full-dates", "retain-long-modified-dates"}),
+    "SeriesDate": frozenset({"retain-long-full-dates", "retain-long-modified-dates"}),
+    "StudyDescription": frozenset({"clean-descriptors"}),
+    "SeriesDescription": frozenset({"clean-descriptors"}),
+    "DeviceSerialNumber": frozenset({"retain-device-id"}),
+    "InstitutionName": frozenset({"retain-institution-id"}),
+}
 _SAFE = frozenset(SAFE_ATTRIBUTES)
 
 
-def is_safe(keyword: str) -> bool:
-    return keyword in _SAFE
+def is_safe(keyword: str, options: tuple[str, ...] = ()) -> bool:
+    """May this attribute's value be embedded under these de-identification options?"""
+    return keyword in _SAFE or not SAFE_WITH_OPTION.get(keyword, frozenset()).isdisjoint(options)
 
 
-def safe_attributes(ds: Dataset, keywords: tuple[str, ...] = SAFE_ATTRIBUTES) -> dict[str, str]:
-    """Whitelisted attributes present in ``ds`` as strings (multi-values joined with '\\')."""
-    unsafe = [k for k in keywords if k not in _SAFE]
-    if unsafe:
-        raise ValueError(f"attributes {unsafe} are not on the output metadata whitelist")
+def safe_attributes(ds: Dataset, keywords: tuple[str, ...] = SAFE_ATTRIBUTES,
+                    options: tuple[str, ...] = ()) -> dict[str, str]:
+    """Whitelisted attributes present in ``ds`` as strings (multi-values joined with '\\').
+
+    A keyword never on the whitelist is a programming error (ValueError); one that is safe only
+    under an option that is not in ``options`` is left out.
+    """
+    unknown = [k for k in keywords if k not in _SAFE and k not in SAFE_WITH_OPTION]
+    if unknown:
+        raise ValueError(f"attributes {unknown} are not on the output metadata whitelist")
     out: dict[str, str] = {}
     for keyword in keywords:
+        if not is_safe(keyword, options):
+            continue
         value = ds.get(keyword)
         if value is None or value == "":
             continue
