@@ -124,6 +124,23 @@ def test_references_inside_sequences_match_the_referenced_instance(tmp_path):
     assert a.PatientID == b.PatientID and a.PatientID.startswith("PAT") and a.PatientID != PHI["PatientID"]
 
 
+def test_patient_pseudonym_follows_id_and_issuer_and_other_patients_get_their_own(tmp_path):
+    from shared.deid import patient_key
+
+    a, b = _ct(2, tmp_path)
+    b.IssuerOfPatientID = "OTHER HOSPITAL"
+    a.AnatomicRegionSequence = Sequence([Dataset()])  # outside the table: walked, not dropped
+    a.AnatomicRegionSequence[0].PatientID = "OLD-ID-1"
+    keys = patient_key(a), patient_key(b)
+    for ds in (a, b):
+        deidentify(ds, ConvertOptions())
+    pseudo = Pseudonymizer(KEY.encode())
+    assert a.PatientID == pseudo.patient_id(keys[0]) and b.PatientID == pseudo.patient_id(keys[1])
+    assert a.PatientID != b.PatientID  # same ID, another issuer: another patient
+    assert a.AnatomicRegionSequence[0].PatientID == pseudo.patient_id("OLD-ID-1")
+    assert "IssuerOfPatientID" not in b
+
+
 def test_unknown_uids_outside_the_table_are_pseudonymised_well_known_ones_kept(tmp_path):
     ds = _ct(1, tmp_path)[0]
     ds.add_new(0x00081150, "UI", "1.2.3.20260302.84500")  # Referenced SOP Class UID: not well known

@@ -69,7 +69,8 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
     ctx = Context(pseudo, action_table(options), pseudo.shift_days(key),
                   safe_private="retain-safe-private" in options,
                   collect=not _CLEANING_OPTIONS.isdisjoint(options),
-                  pairs={} if opts.pseudonym_map else None)
+                  pairs={} if opts.pseudonym_map else None, patient_key=key,
+                  patient_id=str(ds.get("PatientID", "") or ""))
     walk(ds, ctx)
     meta = getattr(ds, "file_meta", None)
     if meta is not None:  # group 0002 only: one table attribute, the rest names the sender

@@ -52,6 +52,8 @@ class Context:
     safe_private: bool = False
     collect: bool = False  # gather identifying tokens (some action cleans text)
     pairs: dict[str, str] | None = None  # original → pseudonym, for the reversible map
+    patient_key: str = ""  # the instance's patient (Patient ID with its issuer, see patient_key)
+    patient_id: str = ""  # the instance's own Patient ID, which maps through patient_key
     identifiers: set[str] = field(default_factory=set)
     to_clean: list[DataElement] = field(default_factory=list)
 
@@ -155,9 +157,9 @@ def _dummy(elem: DataElement, tag: int, vr: str, ctx: Context) -> None:
     """Replace a value with a keyed pseudonym (text, UIDs) or a dummy of its VR."""
     if vr == "SQ":
         elem.value = []  # items of D sequences (persons, annotations) hold identifying codes
-    elif tag == _PATIENT_ID:
+    elif tag == _PATIENT_ID:  # the instance's patient, or another one named in a sequence
         original = " ".join(str(v) for v in _values(elem.value))
-        elem.value = ctx.pseudo.patient_id(original)
+        elem.value = ctx.pseudo.patient_id(ctx.patient_key if original == ctx.patient_id else original)
         if ctx.pairs is not None:
             ctx.pairs[original] = elem.value
     elif vr in _TEXT_VRS:
