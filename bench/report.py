@@ -121,11 +121,59 @@ def targets_table(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _stage_names(profiles: list[dict]) -> list[str]:
+    """The stages present, in chain order (shared/timing.py), then the unattributed rest."""
+    from shared.timing import STAGES
+
+    present = {k for p in profiles for k in p["ms_per_slice"]}
+    order = [*STAGES, "unattributed"]
+    return [k for k in order if k in present] + sorted(present - set(order))
+
+
 def stages_table(profiles: list[dict]) -> str:
-    stages = list(dict.fromkeys(k for p in profiles for k in p["ms_per_slice"]))
+    stages = _stage_names(profiles)
     head = f"{'ms per slice':<14}" + "".join(f"{s[:9]:>10}" for s in stages) + f"{'instance':>10}"
     lines = [head]
     for p in profiles:
         lines.append(f"{p['formats']:<14}" + "".join(_fmt(p["ms_per_slice"].get(s), ">10.2f") for s in stages)
                      + f"{p['instance_ms']:>10.2f}")
     return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/benchmarks.md, from a results.json (written beside it as results.md)."""
+    m, p = results["machine"], results["parameters"]
+    lines = [f"{p['slices']} slices of {p['size']}×{p['size']}, median of {p['runs']} run(s), N = {p['workers']}. "
+             f"Machine: {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
+             f"numpy {m['numpy']}, OpenCV {m['opencv']}, pydicom {m['pydicom']}.", "",
+             "| contender | input | slices/s | CPU ms/slice | peak RSS MiB | wall s | ×floor wall | ×floor CPU | ×floor RSS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["contenders"].items():
+        if not r.get("ok"):
+            lines.append(f"| {name} | | failed: {r.get('error', '')} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {r.get('input', '')} | {r['slices_per_s']:.1f} | {r['cpu_ms_per_slice']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['wall_s']:.2f} | {_fmt(r.get('x_floor_wall'), '.2f')} | "
+                     f"{_fmt(r.get('x_floor_cpu'), '.2f')} | {_fmt(r.get('x_floor_rss'), '.2f')} |")
+    for name, reason in results.get("skipped", {}).items():
+        lines.append(f"| {name} | | skipped: {reason} | | | | | | |")
+    lines += ["", "| issue | target | measured | limit | met |", "|---|---|---:|---:|---|"]
+    for c in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
+        lines.append(f"| {c['issue']} | {c['target']} | {_fmt(c['value'], '.2f')} | {c.get('limit', '')} | {met} |")
+    if results.get("stages"):
+        stages = _stage_names(results["stages"])
+        lines += ["", "| ms per slice | " + " | ".join(stages) + " | instance |",
+                  "|---|" + "---:|" * (len(stages) + 1)]
+        for s in results["stages"]:
+            cells = " | ".join(_fmt(s["ms_per_slice"].get(k), ".2f").strip() for k in stages)
+            lines.append(f"| {s['formats']} | {cells} | {s['instance_ms']:.2f} |")
+    for row in results.get("memory", []):
+        if "error" in row:
+            lines += ["", f"Memory, {row['workers']} worker(s): failed: {row['error']}"]
+            continue
+        sizes = sorted(int(k.rsplit("_", 1)[1]) for k in row if k.startswith("rss_mb_"))
+        lines.append("")
+        lines.append(f"Memory, {row['workers']} worker(s): peak RSS {row[f'rss_mb_{sizes[0]}']} MiB at "
+                     f"{sizes[0]} slices, {row[f'rss_mb_{sizes[1]}']} MiB at {sizes[1]} (×{row['rss_ratio']}).")
+    return "\n".join(lines) + "\n"

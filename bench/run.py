@@ -112,8 +112,9 @@ def memory_check(workdir: Path, sizes: tuple[int, int], workers: int, runs: int)
                 out = fresh_dir(str(workdir / "out"))
                 s = run_child([dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid",
                                "--workers", str(n)], cwd=str(REPO), log=str(workdir / "last.log"))
-                if not s.ok:
-                    raise SystemExit(f"bench: memory run failed: {s.error}")
+                if not s.ok:  # recorded, never fatal: the timings already taken are kept
+                    print(f"  memory w{n} {slices} slices: FAILED {s.error}", file=sys.stderr)
+                    return rows + [{"workers": n, "error": s.error}]
                 walls.append(s.wall)
                 rss.append(s.rss_mb)
             row[f"rss_mb_{slices}"] = round(sorted(rss)[len(rss) // 2], 1)
@@ -182,20 +183,27 @@ def main(argv: list[str] | None = None) -> int:
                      "2 cores shared with other engineers' test runs: compare ratios within one run",
                      "parameters": {"slices": a.slices, "size": a.size, "runs": a.runs, "workers": a.workers},
                      "contenders": rows, "skipped": skipped, "targets": checks}
+
+    def save() -> None:  # after every phase, so that a later failure keeps what was measured
+        results["bench_seconds"] = round(time.time() - started, 1)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        Path(a.out).with_suffix(".md").write_text(report.markdown(results))
+
+    save()
     if not a.no_stages:
         outs = ["png", "png16", "jpeg", "tiff", "png+tiff"] + (["png deid"] if has_deid() else [])
         results["stages"] = stage_profiles(inputs["raw"], workdir, outs)
+        save()
     if a.memory:
         print(f"bench: memory, {a.slices} vs {a.memory_slices} slices", file=sys.stderr)
         results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 2)))
+        save()
     if a.profile:
         dest = Path(a.out).with_name("profile-png-w1.txt")
         error = pyinstrument_profile(inputs["raw"], workdir, dest)
         results["profile"] = str(dest) if error is None else f"failed: {error}"
-    results["bench_seconds"] = round(time.time() - started, 1)
-
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    save()
     m = results["machine"]
     print(f"\n{a.slices} slices {a.size}², median of {a.runs} run(s); {m['nproc']} cores ({m['cpu']}), "
           f"Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']}")
@@ -206,9 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.stages_table(results["stages"]))
     for row in results.get("memory", []):
+        if "error" in row:
+            print(f"memory w{row['workers']}: failed: {row['error']}")
+            continue
         print(f"memory w{row['workers']}: peak RSS {row[f'rss_mb_{a.slices}']} MiB at {a.slices} slices, "
               f"{row[f'rss_mb_{a.memory_slices}']} MiB at {a.memory_slices} (×{row['rss_ratio']})")
-    print(f"\nJSON: {a.out}")
+    print(f"\nJSON: {a.out} (tables for docs/benchmarks.md: {Path(a.out).with_suffix('.md')})")
     return 0 if all(r.get("ok") for r in rows.values()) else 1
 
 
