@@ -1,4 +1,5 @@
-"""The `dicomfleet` command line. Exit codes: 0 all converted, 1 some instances failed, 2 usage."""
+"""The `dicomfleet` command line. Exit codes: 0 all converted, 1 some instances or series outputs
+failed, 2 usage, 3 all converted but some JPEG fell below the SSIM threshold."""
 from __future__ import annotations
 
 import secrets
@@ -64,6 +65,11 @@ def print_summary(s: RunSummary) -> None:
         err.print(f"  masked {count} instance(s): {reason}", highlight=False, soft_wrap=True)
     for prefix, index, reason in s.failures:
         err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False, soft_wrap=True)
+    for prefix, output, reason in s.series_failures:
+        err.print(f"  [red]failed[/red] {prefix} {output}: {reason}", highlight=False, soft_wrap=True)
+    if s.below_threshold:
+        err.print(f"  [yellow]flagged[/yellow] {s.below_threshold} JPEG output(s) below the SSIM threshold "
+                  "(see the manifests)", highlight=False, soft_wrap=True)
 
 
 #: conversion flags shared by `convert` and `submit`
@@ -73,6 +79,30 @@ QualityOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG
 NoDeidOpt = Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")]
 MaxPixelsOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
                                            help="Refuse instances declaring more samples than this.")]
+OrientationOpt = Annotated[str, typer.Option(envvar="DICOMFLEET_ORIENTATION", help=(
+    "8-bit outputs: radiological (patient right on image left, anterior/head up, from Image "
+    "Orientation (Patient)) or as-stored."))]
+MaxSizeOpt = Annotated[int | None, typer.Option(envvar="DICOMFLEET_MAX_SIZE", help=(
+    "8-bit outputs: longest side at most PX pixels, aspect kept (INTER_AREA down)."))]
+SeriesStackOpt = Annotated[bool, typer.Option("--series-stack", help=(
+    "tiff/npy: one multi-page TIFF / one .npy volume (+ JSON geometry) per series, in spatial order."))]
+SlicesOpt = Annotated[list[str], typer.Option("--slices", help=(
+    "pdf key slices, repeatable: N% of the extent along the slice normal, a position like -40mm, "
+    "or an output number (default 25% 50% 75%)."))]
+QaSheetOpt = Annotated[bool, typer.Option("--qa-sheet", help=(
+    "Write side-by-side QA PNGs (reference, output, difference, SSIM) for a sample of each series."))]
+QaFractionOpt = Annotated[float, typer.Option(envvar="DICOMFLEET_QA_FRACTION",
+                                              help="Fraction of each series with a QA sheet (at least one).")]
+SsimThresholdOpt = Annotated[float, typer.Option(envvar="DICOMFLEET_SSIM_THRESHOLD", help=(
+    "Flag JPEG outputs whose SSIM against the rendering is below this (exit status 3)."))]
+
+
+def series_options(orientation: str, max_size: int | None, series_stack: bool, slices: list[str],
+                   qa_sheet: bool, qa_fraction: float, ssim_threshold: float) -> dict:
+    """The display and series-output flags as ConvertOptions fields (convert and submit alike)."""
+    return {"orientation": orientation, "max_size": max_size, "series_stack": series_stack,
+            "slices": tuple(slices), "qa_sheet": qa_sheet, "qa_fraction": qa_fraction,
+            "ssim_threshold": ssim_threshold}
 
 
 @app.command()
@@ -95,12 +125,21 @@ def convert(
         envvar="DICOMFLEET_PSEUDONYM_MAP",
         help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")] = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    orientation: OrientationOpt = "radiological",
+    max_size: MaxSizeOpt = None,
+    series_stack: SeriesStackOpt = False,
+    slices: SlicesOpt = [],  # noqa: B006
+    qa_sheet: QaSheetOpt = False,
+    qa_fraction: QaFractionOpt = 0.01,
+    ssim_threshold: SsimThresholdOpt = 0.98,
 ) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     try:
         opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
                               max_pixels=max_pixels, deid_options=tuple(deid_option), burned_in=burned_in,
-                              mask_regions=tuple(mask_region), pseudonym_map=pseudonym_map)
+                              mask_regions=tuple(mask_region), pseudonym_map=pseudonym_map,
+                              **series_options(orientation, max_size, series_stack, slices, qa_sheet,
+                                               qa_fraction, ssim_threshold))
         if opts.deid:
             _prepare_deid(opts)
     except ConfigError as e:
@@ -116,7 +155,7 @@ def convert(
         if bar:
             bar.stop()
     print_summary(summary)
-    raise typer.Exit(1 if summary.failures else 0)
+    raise typer.Exit(1 if summary.failures or summary.series_failures else 3 if summary.below_threshold else 0)
 
 
 def _prepare_deid(opts: ConvertOptions) -> None:
@@ -202,6 +241,13 @@ def submit(
     quality: QualityOpt = 95,
     no_deid: NoDeidOpt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    orientation: OrientationOpt = "radiological",
+    max_size: MaxSizeOpt = None,
+    series_stack: SeriesStackOpt = False,
+    slices: SlicesOpt = [],  # noqa: B006
+    qa_sheet: QaSheetOpt = False,
+    qa_fraction: QaFractionOpt = 0.01,
+    ssim_threshold: SsimThresholdOpt = 0.98,
     priority: Annotated[str, typer.Option(help="normal, or high: the real-time queue workers drain first.")] = "normal",
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every job is done or failed.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds (0: never).")] = 0,
@@ -216,7 +262,9 @@ def submit(
     settings = _fleet_settings()
     try:
         opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
-                              max_pixels=max_pixels)
+                              max_pixels=max_pixels, **series_options(
+                                  orientation, max_size, series_stack, slices, qa_sheet, qa_fraction,
+                                  ssim_threshold))
         result = submit_jobs(sources, out, opts, priority=priority, settings=settings)
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e

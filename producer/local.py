@@ -31,6 +31,8 @@ class RunSummary:
     failures: list[tuple[str, int, str]] = field(default_factory=list)  # (series prefix, index, reason)
     skipped: Counter = field(default_factory=Counter)
     masked: Counter = field(default_factory=Counter)  # burned-in reason → instances masked
+    series_failures: list[tuple[str, str, str]] = field(default_factory=list)  # (prefix, output, reason)
+    below_threshold: int = 0  # JPEG outputs below the SSIM threshold
     seconds: float = 0.0
 
     @property
@@ -60,6 +62,9 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
             def on_record(record: dict, prefix: str = prefix) -> None:
                 summary.instances += 1
                 summary.outputs += len(record["outputs"])
+                summary.below_threshold += sum(
+                    1 for o in record["outputs"]
+                    if isinstance(o["verification"], dict) and "below_threshold" in o["verification"])
                 if record.get("masked"):
                     summary.masked[record["masked"]] += 1
                 if record["error"]:
@@ -67,7 +72,8 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
                 if progress is not None:
                     progress.advance()
 
-            convert_series(job, map_fn=map_fn, on_record=on_record)
+            manifest = convert_series(job, map_fn=map_fn, on_record=on_record)
+            summary.series_failures += [(prefix, e["output"], e["reason"]) for e in manifest.get("series_errors", [])]
             summary.series += 1
     summary.seconds = time.perf_counter() - started
     return summary

@@ -19,9 +19,12 @@ from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import DicomfleetError, Transient
 from .manifest import build_manifest, manifest_key
+from .metadata import embedded_fields, jpeg_with_metadata, png_with_metadata, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
+from .pixels.orientation import Display, plan_display
 from .pixels.render import is_colour
+from .pixels.voi import Window
 from .runtime import tune_process
 from .store import Store, open_store, read_source
 from .timing import StageClock
@@ -51,6 +54,15 @@ def _frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     return list(arr) if nframes > 1 else [arr]
 
 
+def display_frames(arr: np.ndarray, ds: Dataset, opts: ConvertOptions) -> tuple[list[np.ndarray], Window | None, Display]:
+    """The 8-bit frames as shown (rendered, oriented, square pixels, sized), the window used and
+    the display geometry: what PNG, JPEG, the PDF report and the QA sheets all show."""
+    img_all, window = render_8bit(arr, ds, window=opts.window_spec)
+    frames = _frames(img_all, ds)
+    plan = plan_display(ds, frames[0].shape[:2], orientation=opts.orientation, max_size=opts.max_size)
+    return [plan.apply(f) for f in frames], window, plan
+
+
 def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None = None,
                     *, mask: tuple[Region, ...] = ()) -> tuple[list[Output], dict]:
     """Decode, render, encode and verify every requested output of one instance (no I/O).
@@ -74,37 +86,44 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
         info["format_errors"] = [{"format": "png16", "reason":
                                   f"holds integers of at most 16 bits; these pixels are "
                                   f"{arr.dtype.name} (use --format tiff or npy)"}]
+    if opts.series_stack:
+        wanted -= {Format.TIFF, Format.NPY}  # one per series instead (shared/stack.py)
+    fields = embedded_fields(ds, opts)  # the whitelisted metadata (shared/metadata.py)
     rendered: list[np.ndarray] = []
     if wanted & {Format.PNG, Format.JPEG}:
         with clock.stage("render"):  # the whole instance at once: one window for all its frames
-            img_all, window = render_8bit(arr, ds, window=opts.window_spec)
+            rendered, window, plan = display_frames(arr, ds, opts)
         if window is not None:
             info["window"] = window.describe()
-        rendered = _frames(img_all, ds)
+        if not plan.identity:
+            info["display"] = plan.describe()
     for number, frame in enumerate(frames, start=1):
         tag = number if multi else None
         if rendered:
             img = rendered[number - 1]
             if Format.PNG in wanted:
                 with clock.stage("encode"):
-                    buf = encode_png(img)
+                    buf = png_with_metadata(encode_png(img), fields)
                 with clock.stage("verify"):
                     outputs.append(Output(Format.PNG, buf, tag, verify_lossless("png", buf, img)))
             if Format.JPEG in wanted:
                 with clock.stage("encode"):
-                    buf = encode_jpeg(img, opts.quality)
+                    buf = jpeg_with_metadata(encode_jpeg(img, opts.quality), fields)
                 with clock.stage("verify"):
-                    outputs.append(Output(Format.JPEG, buf, tag, {"ssim": verify_lossy(buf, img)}))
+                    score = verify_lossy(buf, img)
+                    check = {"ssim": score} if score >= opts.ssim_threshold else \
+                        {"ssim": score, "below_threshold": opts.ssim_threshold}
+                    outputs.append(Output(Format.JPEG, buf, tag, check))
         if Format.PNG16 in wanted:
             with clock.stage("encode"):
                 u16, offset = to_png16(frame)
-                buf = encode_png(u16, {"dicomfleet:offset": str(offset)})
+                buf = png_with_metadata(encode_png(u16, {"dicomfleet:offset": str(offset)}), fields)
             with clock.stage("verify"):
                 outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
                                       {"offset": offset}))
     if Format.TIFF in wanted:
         with clock.stage("encode"):
-            buf = encode_tiff(arr, rgb=colour and arr.shape[-1] == 3)
+            buf = encode_tiff(arr, rgb=colour and arr.shape[-1] == 3, tags=tiff_tags(fields))
         with clock.stage("verify"):
             outputs.append(Output(Format.TIFF, buf, None, verify_lossless("tiff", buf, arr)))
     if Format.NPY in wanted:
@@ -196,8 +215,13 @@ def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Ite
         records.append(record)
         if on_record:
             on_record(record)
-    manifest = build_manifest(job.prefix, records, job.options)
     store: Store = open_store(job.dest)
+    series = None
+    if job.options.series_outputs:  # pdf, stacks, QA sheets: after the instances (shared/series.py)
+        from .series import series_outputs
+
+        series = series_outputs(job, records, store)
+    manifest = build_manifest(job.prefix, records, job.options, series=series)
     store.write(manifest_key(job.prefix), manifest_bytes(manifest))
     return manifest
 

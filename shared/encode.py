@@ -50,13 +50,14 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def encode_tiff(arr: np.ndarray, *, rgb: bool) -> bytes:
-    """Stored values bit-exact with their dtype; frames become pages."""
+def encode_tiff(arr: np.ndarray, *, rgb: bool, tags: list[tuple] = ()) -> bytes:
+    """Stored values bit-exact with their dtype; frames become pages; ``tags``: tifffile extratags
+    (the whitelisted metadata of shared/metadata.py)."""
     import tifffile  # imported on first use: ~20 ms of start-up that png-only runs need not pay
 
     out = io.BytesIO()
     tifffile.imwrite(out, arr, photometric="rgb" if rgb else "minisblack", software=SOFTWARE,
-                     metadata=None)
+                     metadata=None, extratags=list(tags))
     return out.getvalue()
 
 

@@ -17,12 +17,16 @@ def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/manifest.json"
 
 
-def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions) -> dict:
+def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions,
+                   series: tuple[list[dict], list[dict]] | None = None) -> dict:
+    """``series``: the series outputs and their errors (shared/series.py), when any were asked for."""
     records = sorted(records, key=lambda r: r["index"])
     instances = [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
     failures = [{"index": r["index"], "source_sha256": r["source_sha256"], **r["error"]}
                 for r in records if r["error"]]
-    return {
+    below = sum(1 for r in records for o in r["outputs"]
+                if isinstance(o["verification"], dict) and "below_threshold" in o["verification"])
+    manifest = {
         "schema": SCHEMA,
         "software": {"name": "dicomfleet", "version": __version__},
         "series": prefix,
@@ -39,3 +43,10 @@ def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions) -> di
         "instances": instances,
         "errors": failures,
     }
+    if any(f.value == "jpeg" for f in opts.formats):  # lossy outputs under the SSIM floor
+        manifest["below_ssim_threshold"] = below
+    if series is not None:  # once per series: report, stacks, QA sheets (and their failures)
+        manifest["series_outputs"], manifest["series_errors"] = series
+        manifest["counts"]["series_outputs"] = len(series[0])
+        manifest["counts"]["series_failed"] = len(series[1])
+    return manifest

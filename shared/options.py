@@ -19,6 +19,7 @@ class Format(str, enum.Enum):
     JPEG = "jpeg"
     TIFF = "tiff"
     NPY = "npy"
+    PDF = "pdf"  # a PDF/A-2b report of the series' key slices (shared/report.py)
 
     @property
     def extension(self) -> str:
@@ -31,7 +32,12 @@ class Format(str, enum.Enum):
     @property
     def rendered(self) -> bool:
         """True when the output is the 8-bit display rendering (window applied)."""
-        return self in (Format.PNG, Format.JPEG)
+        return self in (Format.PNG, Format.JPEG, Format.PDF)
+
+    @property
+    def per_series(self) -> bool:
+        """True when the output is made once per series (after its instances), not per instance."""
+        return self is Format.PDF
 
 
 #: Common CT presets, (center, width) in HU.
@@ -79,6 +85,16 @@ class ConvertOptions:
     burned_in: str = "refuse"
     mask_regions: tuple[tuple[int, int, int, int], ...] = ()
     pseudonym_map: str | None = None
+    #: series outputs and display (shared/pixels/orientation.py, report.py, stack.py, qa.py):
+    #: radiological|as-stored; longest side of 8-bit outputs; one tiff/npy per series; the pdf's
+    #: key slices ("25%", "-40mm", "12": output number); QA sheets and the JPEG SSIM floor
+    orientation: str = "radiological"
+    max_size: int | None = None
+    series_stack: bool = False
+    slices: tuple[str, ...] = ()
+    qa_sheet: bool = False
+    qa_fraction: float = 0.01
+    ssim_threshold: float = 0.98
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +111,7 @@ class ConvertOptions:
         if int(self.max_pixels) < 1:
             raise ConfigError(f"max_pixels must be positive, got {self.max_pixels!r}")
         self._check_deid()
+        self._check_series()
 
     def _check_deid(self) -> None:
         from .deid.burned_in import POLICIES, parse_region
@@ -111,6 +128,32 @@ class ConvertOptions:
         if not self.deid and (self.deid_options or self.pseudonym_map or self.burned_in == "mask"):
             raise ConfigError("--deid-option, --burned-in mask and --pseudonym-map need "
                               "de-identification on (drop --no-deid)")
+
+    def _check_series(self) -> None:
+        from .pixels.orientation import ORIENTATIONS
+        from .report import parse_slices
+
+        if self.orientation not in ORIENTATIONS:
+            raise ConfigError(f"invalid orientation {self.orientation!r}: expected radiological or as-stored")
+        if self.max_size is not None and not 1 <= int(self.max_size) <= 65535:
+            raise ConfigError(f"max size must be 1..65535 pixels, got {self.max_size!r}")
+        if self.series_stack and not {Format.TIFF, Format.NPY} & set(self.formats):
+            raise ConfigError("--series-stack stacks tiff or npy outputs: add --format tiff or --format npy")
+        if isinstance(self.slices, str):
+            raise ConfigError("slices must be a list of slice choices")
+        object.__setattr__(self, "slices", tuple(str(s) for s in self.slices))
+        parse_slices(self.slices)
+        if not 0 < float(self.qa_fraction) <= 1:
+            raise ConfigError(f"QA fraction must be in (0, 1], got {self.qa_fraction!r}")
+        if self.qa_sheet and not {Format.PNG, Format.JPEG} & set(self.formats):
+            raise ConfigError("--qa-sheet compares 8-bit outputs: add --format jpeg or --format png")
+        if not 0 <= float(self.ssim_threshold) <= 1:
+            raise ConfigError(f"SSIM threshold must be in [0, 1], got {self.ssim_threshold!r}")
+
+    @property
+    def series_outputs(self) -> bool:
+        """True when the series gets outputs of its own after its instances (pdf, stacks, QA)."""
+        return Format.PDF in self.formats or self.series_stack or self.qa_sheet
 
     @property
     def window_spec(self) -> str | tuple[float, float]:

@@ -3,6 +3,9 @@
 Rule for the oracle's VOI: ``+Wi 1`` when the file has a window, else ``+Wl 1`` when it has a VOI
 LUT Sequence, else ``+Wm``; ``+Fa`` for multi-frame. ``-O``: dcmj2pnm burns overlays in by default,
 dicomfleet renders the image pixels only. At most 1 grey level of difference on every pixel.
+dcmj2pnm shows the stored grid; our display step after VOI (radiological orientation, square
+pixels: shared/pixels/orientation.py) is applied to its rendering too, and pinned to the two
+bundled files it changes.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLS
 from shared.chain import convert_dataset
 from shared.dataset import read_dataset
 from shared.options import ConvertOptions
+from shared.pixels.orientation import plan_display
 from shared.pixels.render import is_colour
 
 from .conftest import TEST_FILES, bundled, header, image_files
@@ -88,6 +92,28 @@ def ours(ds: Dataset, window: str = "default") -> list[np.ndarray]:
     return [cv2.imdecode(np.frombuffer(o.data, np.uint8), cv2.IMREAD_UNCHANGED) for o in outputs]
 
 
+def displayed(frames: list[np.ndarray], path: Path) -> list[np.ndarray]:
+    """DCMTK's frames through our display geometry (a flip/transpose and square-pixel resize)."""
+    plan = plan_display(pydicom.dcmread(path, stop_before_pixels=True), frames[0].shape[:2])
+    return [plan.apply(f) for f in frames]
+
+
+#: the bundled grey files whose display differs from the stored grid: a sagittal slice stored
+#: anterior-right (flipped), and 0.545×0.597 mm pixels (widened from 16 to 18 columns)
+REORIENTED = {"dicomdirtests/98892001/CT2N/6293": "flip-horizontal", "dicomdirtests/98892001/CT2N/6924": ""}
+
+
+def test_display_geometry_changes_only_the_pinned_files():
+    changed = {}
+    for name in GREY:
+        ds = header(name)
+        plan = plan_display(ds, (int(ds.Rows), int(ds.Columns)))
+        if not plan.identity:
+            changed[name] = " ".join(plan.describe()["operations"])
+            assert plan.describe()["rows"] == 16 and plan.describe()["columns"] == 18
+    assert changed == REORIENTED
+
+
 def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> int:
     assert len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype == np.uint8 for x, y in zip(a, b))
     return max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b))
@@ -108,7 +134,8 @@ def test_grey_set_covers_the_cases():
 @pytest.mark.parametrize("name", GREY)
 def test_grey_png_matches_dcmtk(converted_test_files, tmp_path, name):
     conv = converted_test_files[name]
-    assert max_diff(ours_written(conv), dcmtk_render(dcmtk_readable(conv.path, tmp_path), tmp_path)) <= 1
+    reference = displayed(dcmtk_render(dcmtk_readable(conv.path, tmp_path), tmp_path), conv.path)
+    assert max_diff(ours_written(conv), reference) <= 1
 
 
 @pytest.mark.parametrize("name", sorted(DEPARTS))

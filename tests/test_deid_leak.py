@@ -147,7 +147,8 @@ def planted(tmp_path_factory):
 def _convert(root: Path, src: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMFLEET_")}
     env.update(DICOMFLEET_DEID_KEY=KEY, XDG_CONFIG_HOME=str(root / "config"), COLUMNS="200")
-    cmd = [DICOMFLEET, "convert", str(src), "--out", str(out), "--workers", "2"]
+    # the SSIM floor is not this test's business: small noisy bundled images fall below it at q95
+    cmd = [DICOMFLEET, "convert", str(src), "--out", str(out), "--workers", "2", "--ssim-threshold", "0"]
     for fmt in FORMATS:
         cmd += ["--format", fmt]
     for option in options:
