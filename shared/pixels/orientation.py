@@ -58,7 +58,7 @@ def _floats(value, count: int, tag: str) -> np.ndarray:
 def _show(value) -> str:
     text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or \
         type(value).__name__ == "MultiValue" else str(value)
-    return repr(text[:60])
+    return f"'{text[:60]}'"
 
 
 def orientation_vectors(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
