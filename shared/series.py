@@ -150,8 +150,9 @@ def _verify_report(data: bytes, images: list) -> None:
     import pikepdf
 
     with pikepdf.open(io.BytesIO(data)) as pdf:
-        found = [np.asarray(pikepdf.PdfImage(raw).as_pil_image())
-                 for page in pdf.pages for raw in page.images.values()]
+        found = [np.asarray(pikepdf.PdfImage(image).as_pil_image())
+                 for page in pdf.pages for _, image in sorted(page.get_images(recursive=False).items(),
+                                                              key=lambda item: int(item[0][3:]))]
     if len(found) != len(images) or any(not np.array_equal(f, i.pixels) for f, i in zip(found, images)):
         raise VerificationError("pdf images do not decode back to the pixels rendered")
 
