@@ -180,8 +180,9 @@ def build_report(images: list[ReportImage], fields: dict[str, str], heading: tup
             name = f"Im{k + 1}"
             xobjects[Name("/" + name)] = pdf.make_indirect(stream)
             content += b"q %.3f 0 0 %.3f %.3f %.3f cm /%s Do Q\n" % (w_pt, h_pt, x0, y0, name.encode())
-            for j, line in enumerate(image.caption):
-                content += text(MARGIN, y0 - 11 - 11 * j, 8, line)
+            for j, line in enumerate(image.caption):  # under the image's left edge, inside the page
+                x = max(MARGIN, min(x0, width - MARGIN - font.text_width(line, 8)))
+                content += text(x, y0 - 11 - 11 * j, 8, line)
         page = pdf.add_blank_page(page_size=PAGE)
         page.obj.Resources = Dictionary(Font=Dictionary(F1=font_ref), XObject=xobjects)
         page.obj.Contents = pdf.make_indirect(Stream(pdf, bytes(content)))
