@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install and start what the test suite needs that pip cannot provide: DCMTK (the rendering
-# oracle), poppler-utils (pdftoppm/pdftotext/pdffonts: the PDF report read back) and a Redis server
+# oracle), poppler-utils (pdftoppm/pdftotext/pdffonts: the PDF report read back), libpng-tools
+# (pngfix: libpng checks the PNG writer) and a Redis server
 # on 127.0.0.1:6379 if none answers. Idempotent; quiet when all is there.
 set -euo pipefail
 need=()
 command -v dcmj2pnm >/dev/null || need+=(dcmtk)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v pdftoppm >/dev/null || need+=(poppler-utils)
+command -v pngfix >/dev/null || need+=(libpng-tools)  # libpng's own check of our PNG writer
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
