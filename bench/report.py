@@ -95,20 +95,33 @@ def _fmt(value, spec: str) -> str:
     return format("-", f">{width}" if width else "")
 
 
-def table(rows: dict[str, dict], skipped: dict[str, str]) -> str:
-    """The terminal table: one line per contender, ratios to its floor."""
-    head = (f"{'contender':<28} {'slices/s':>9} {'CPU ms/sl':>10} {'RSS MiB':>8} {'wall s':>7} "
-            f"{'×floor wall':>11} {'×CPU':>6} {'×RSS':>6}")
-    lines = [head, "-" * len(head)]
+#: (heading, row key, format, terminal width) of the contender tables.
+COLUMNS = (("input", "input", "", 6), ("slices/s", "slices_per_s", ".1f", 9),
+           ("CPU ms/slice", "cpu_ms_per_slice", ".2f", 12), ("peak RSS MiB", "peak_rss_mb", ".0f", 12),
+           ("wall s", "wall_s", ".2f", 7), ("×floor wall", "x_floor_wall", ".2f", 11),
+           ("×floor CPU", "x_floor_cpu", ".2f", 10), ("×floor RSS", "x_floor_rss", ".2f", 10))
+
+
+def _lines(rows: dict[str, dict], skipped: dict[str, str]) -> list[tuple[str, list[str] | str]]:
+    """(name, formatted cells) per contender, or (name, why there are none)."""
+    out: list[tuple[str, list[str] | str]] = []
     for name, r in rows.items():
         if not r.get("ok"):
-            lines.append(f"{name:<28} failed: {r.get('error', '')}")
-            continue
-        lines.append(f"{name:<28} {r['slices_per_s']:>9.1f} {r['cpu_ms_per_slice']:>10.2f} "
-                     f"{r['peak_rss_mb']:>8.0f} {r['wall_s']:>7.2f} {_fmt(r.get('x_floor_wall'), '>11.2f')} "
-                     f"{_fmt(r.get('x_floor_cpu'), '>6.2f')} {_fmt(r.get('x_floor_rss'), '>6.2f')}")
-    for name, reason in skipped.items():
-        lines.append(f"{name:<28} skipped: {reason}")
+            out.append((name, f"failed: {r.get('error', '')}"))
+        else:
+            out.append((name, [_fmt(r.get(key), spec) if spec else str(r.get(key, ""))
+                               for _, key, spec, _ in COLUMNS]))
+    return out + [(name, f"skipped: {reason}") for name, reason in skipped.items()]
+
+
+def table(rows: dict[str, dict], skipped: dict[str, str]) -> str:
+    """The terminal table: one line per contender, ratios to its floor."""
+    head = f"{'contender':<28}" + "".join(f" {h:>{w}}" for h, _, _, w in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for name, cells in _lines(rows, skipped):
+        text = cells if isinstance(cells, str) else "".join(
+            f" {c:>{w}}" for c, (_, _, _, w) in zip(cells, COLUMNS))
+        lines.append(f"{name:<28}{' ' + text if isinstance(cells, str) else text}")
     return "\n".join(lines)
 
 
@@ -146,17 +159,11 @@ def markdown(results: dict) -> str:
     lines = [f"{p['slices']} slices of {p['size']}×{p['size']}, median of {p['runs']} run(s), N = {p['workers']}. "
              f"Machine: {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
              f"numpy {m['numpy']}, OpenCV {m['opencv']}, pydicom {m['pydicom']}.", "",
-             "| contender | input | slices/s | CPU ms/slice | peak RSS MiB | wall s | ×floor wall | ×floor CPU | ×floor RSS |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in results["contenders"].items():
-        if not r.get("ok"):
-            lines.append(f"| {name} | | failed: {r.get('error', '')} | | | | | | |")
-            continue
-        lines.append(f"| {name} | {r.get('input', '')} | {r['slices_per_s']:.1f} | {r['cpu_ms_per_slice']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['wall_s']:.2f} | {_fmt(r.get('x_floor_wall'), '.2f')} | "
-                     f"{_fmt(r.get('x_floor_cpu'), '.2f')} | {_fmt(r.get('x_floor_rss'), '.2f')} |")
-    for name, reason in results.get("skipped", {}).items():
-        lines.append(f"| {name} | | skipped: {reason} | | | | | | |")
+             "| contender | " + " | ".join(h for h, _, _, _ in COLUMNS) + " |",
+             "|---|---|" + "---:|" * (len(COLUMNS) - 1)]
+    for name, cells in _lines(results["contenders"], results.get("skipped", {})):
+        text = cells if isinstance(cells, str) else " | ".join(cells)
+        lines.append(f"| {name} | {text} |")
     lines += ["", "| issue | target | measured | limit | met |", "|---|---|---:|---:|---|"]
     for c in results["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
