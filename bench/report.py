@@ -1,7 +1,6 @@
 """Summaries of the samples: medians, ratios to the floor, the issue targets, a terminal table."""
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import sys
@@ -19,8 +18,9 @@ def machine() -> dict:
             model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"nproc": cores, "cpu": model, "kernel": platform.release(),
+    from producer.local import default_workers
+
+    return {"nproc": default_workers(), "cpu": model, "kernel": platform.release(),
             "python": sys.version.split()[0], "numpy": numpy.__version__,
             "opencv": cv2.__version__, "pydicom": pydicom.__version__}
 

@@ -14,15 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+from producer.local import default_workers
+
 from . import data, report
 from .contenders import BENCH_ENV, REPO, Contender, contenders, dicomfleet_exe, has_deid
 from .measure import Sample, fresh_dir, run_child
 
 DEFAULT_OUT = REPO / "bench" / "out" / "results.json"
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _count_files(path: str) -> int:
@@ -141,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3, help="runs per contender; the median is reported")
-    ap.add_argument("--workers", type=int, default=_cores(), help="N for the N-worker runs (default: cores)")
+    ap.add_argument("--workers", type=int, default=default_workers(),
+                    help="N for the N-worker runs (default: cores)")
     ap.add_argument("--only", help="comma-separated words: time only contenders whose name holds one")
     ap.add_argument("--workdir", default=os.environ.get("DICOMFLEET_BENCH_DIR", "/tmp/dicomfleet-bench"))
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results")
