@@ -15,7 +15,12 @@ from tests.synthetic import write_series
 pytestmark = pytest.mark.integration
 
 
-def test_worker_writes_the_series_outputs_the_local_convert_writes(fleet, tmp_path):
+#: named, not inherited: a previous test's private Redis URL may linger in this process's environment
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def test_worker_writes_the_series_outputs_the_local_convert_writes(fleet_factory, tmp_path):
+    fleet = fleet_factory(broker_url=REDIS, result_backend=REDIS)
     src = tmp_path / "in"
     write_series(src, slices=8, size=64, seed=21)
     opts = ConvertOptions(formats=("jpeg", "pdf", "npy"), series_stack=True, qa_sheet=True)
