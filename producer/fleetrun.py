@@ -117,7 +117,7 @@ class Worker:
             if b" ready." in self.log.read_bytes():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout:.0f} s")
+        raise TimeoutError(f"worker not ready after {timeout:.0f} s: {self.log.read_text()[-2000:]}")
 
     @property
     def pid(self) -> int:

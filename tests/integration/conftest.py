@@ -84,6 +84,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet_factory(s3, tmp_path):
+    environ = dict(os.environ)  # a fleet points this process at its Redis/S3: undo that after
     fleets: list[Fleet] = []
 
     def make(server: S3Server | None = None, **settings) -> Fleet:
@@ -94,6 +95,8 @@ def fleet_factory(s3, tmp_path):
     yield make
     for fleet in fleets:
         fleet.close()
+    os.environ.clear()
+    os.environ.update(environ)
     apply_env({})
 
 
