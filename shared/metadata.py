@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
+from functools import lru_cache
 from xml.sax.saxutils import escape
 
 from pydicom.dataset import Dataset
@@ -135,14 +136,21 @@ def exif_bytes(fields: dict[str, str]) -> bytes:
     return exif.tobytes()[6:]
 
 
+@lru_cache(maxsize=64)
+def _blobs(items: tuple[tuple[str, str], ...]) -> tuple[bytes, bytes]:
+    """(EXIF, XMP) of the fields, made once per series rather than once per slice."""
+    fields = dict(items)
+    return exif_bytes(fields), xmp_packet(fields)
+
+
 def png_with_metadata(buf: bytes, fields: dict[str, str]) -> bytes:
     """The PNG with eXIf and an XMP iTXt chunk after IHDR (pixels and other chunks untouched)."""
     from .png import chunk
 
+    exif, xmp = _blobs(tuple(fields.items()))
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
-    itxt = b"XML:com.adobe.xmp\0\0\0\0\0" + xmp_packet(fields)  # uncompressed, no language
-    extra = chunk(b"eXIf", exif_bytes(fields)) + chunk(b"iTXt", itxt)
-    return buf[:ihdr_end] + extra + buf[ihdr_end:]
+    itxt = b"XML:com.adobe.xmp\0\0\0\0\0" + xmp  # uncompressed, no language
+    return buf[:ihdr_end] + chunk(b"eXIf", exif) + chunk(b"iTXt", itxt) + buf[ihdr_end:]
 
 
 def _app1(payload: bytes) -> bytes:
@@ -156,8 +164,8 @@ def jpeg_with_metadata(buf: bytes, fields: dict[str, str]) -> bytes:
     pos = 2
     if buf[2:4] == b"\xff\xe0":  # keep JFIF APP0 first, as JFIF requires
         pos = 4 + struct.unpack(">H", buf[4:6])[0]
-    segments = _app1(b"Exif\0\0" + exif_bytes(fields))
-    segments += _app1(b"http://ns.adobe.com/xap/1.0/\0" + xmp_packet(fields))
+    exif, xmp = _blobs(tuple(fields.items()))
+    segments = _app1(b"Exif\0\0" + exif) + _app1(b"http://ns.adobe.com/xap/1.0/\0" + xmp)
     return buf[:pos] + segments + buf[pos:]
 
 

@@ -153,7 +153,7 @@ class ConvertOptions:
     @property
     def series_outputs(self) -> bool:
         """True when the series gets outputs of its own after its instances (pdf, stacks, QA)."""
-        return Format.PDF in self.formats or self.series_stack or self.qa_sheet
+        return any(f.per_series for f in self.formats) or self.series_stack or self.qa_sheet
 
     @property
     def window_spec(self) -> str | tuple[float, float]:

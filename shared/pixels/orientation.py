@@ -11,6 +11,7 @@ shrinks and INTER_CUBIC where it grows. Stored-value outputs (tiff, png16, npy) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -61,16 +62,40 @@ def _show(value) -> str:
     return f"'{text[:60]}'"
 
 
+def _raw(value) -> tuple[str, ...] | None:
+    """A header value as a hashable tuple of its strings (None when absent or empty)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
+def _orientation_value(ds: Dataset) -> tuple[str, ...] | None:
+    value = ds.get("ImageOrientationPatient")
+    if value is None:
+        value = _functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
+    return _raw(value)
+
+
+def _spacing_values(ds: Dataset) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    return (("(0028,0030) Pixel Spacing", _raw(ds.get("PixelSpacing"))),
+            ("(0028,0030) Pixel Spacing", _raw(_functional(ds, "PixelMeasuresSequence", "PixelSpacing"))),
+            ("(0018,1164) Imager Pixel Spacing", _raw(ds.get("ImagerPixelSpacing"))),
+            ("(0028,0034) Pixel Aspect Ratio", _raw(ds.get("PixelAspectRatio"))))
+
+
 def orientation_vectors(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
     """(row direction, column direction) in LPS from (0020,0037), or None when absent.
 
     The row direction is where a step to the next column goes; the column direction where a step
     to the next row goes. Raises InvalidDicomError when the value is not two orthonormal vectors.
     """
-    value = ds.get("ImageOrientationPatient")
+    return _vectors(_orientation_value(ds))
+
+
+def _vectors(value: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray] | None:
     if value is None:
-        value = _functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
-    if value is None or value == "":
         return None
     tag = "(0020,0037) Image Orientation (Patient)"
     iop = _floats(value, 6, tag)
@@ -84,13 +109,12 @@ def orientation_vectors(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
 def pixel_spacing(ds: Dataset, *, aspect: bool = True) -> tuple[float, float] | None:
     """(between rows, between columns) in mm from Pixel Spacing, the functional groups or Imager
     Pixel Spacing — or, with ``aspect``, in proportion only from Pixel Aspect Ratio."""
-    sources = (("(0028,0030) Pixel Spacing", ds.get("PixelSpacing")),
-               ("(0028,0030) Pixel Spacing",
-                _functional(ds, "PixelMeasuresSequence", "PixelSpacing")),
-               ("(0018,1164) Imager Pixel Spacing", ds.get("ImagerPixelSpacing")),
-               ("(0028,0034) Pixel Aspect Ratio", ds.get("PixelAspectRatio")))
-    for tag, value in sources[:None if aspect else -1]:
-        if value is None or value == "":
+    return _spacing(_spacing_values(ds)[:None if aspect else -1])
+
+
+def _spacing(sources: tuple[tuple[str, tuple[str, ...] | None], ...]) -> tuple[float, float] | None:
+    for tag, value in sources:
+        if value is None:
             continue
         rows, cols = _floats(value, 2, tag)
         if rows <= 0 or cols <= 0:
@@ -199,15 +223,22 @@ def display_size(shape: tuple[int, int], spacing: tuple[float, float] | None,
 
 def plan_display(ds: Dataset, shape: tuple[int, int], *, orientation: str = "radiological",
                  max_size: int | None = None) -> Display:
-    """The display of frames of ``shape`` (rows, columns) of ``ds``."""
-    transpose = flip_v = flip_h = False
-    if orientation == "radiological":
-        vectors = orientation_vectors(ds)
-        if vectors is not None:
-            transpose, flip_v, flip_h = radiological_flips(*vectors)
-    elif orientation != "as-stored":
+    """The display of frames of ``shape`` (rows, columns) of ``ds`` (cached on the attribute
+    values: the slices of a series share it, and this runs once per instance)."""
+    if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
-    spacing = pixel_spacing(ds)
+    iop = _orientation_value(ds) if orientation == "radiological" else None
+    return _plan(iop, _spacing_values(ds), (int(shape[0]), int(shape[1])), max_size)
+
+
+@lru_cache(maxsize=256)
+def _plan(iop: tuple[str, ...] | None, spacing_values: tuple, shape: tuple[int, int],
+          max_size: int | None) -> Display:
+    transpose = flip_v = flip_h = False
+    vectors = _vectors(iop)
+    if vectors is not None:
+        transpose, flip_v, flip_h = radiological_flips(*vectors)
+    spacing = _spacing(spacing_values)
     shown = (shape[1], shape[0]) if transpose else tuple(shape)
     if transpose and spacing is not None:
         spacing = (spacing[1], spacing[0])
