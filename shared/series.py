@@ -112,7 +112,7 @@ def _window_text(window) -> str:
 
 def report_output(job, records: list[dict], ok: list[int], store: Store) -> list[dict]:
     from .chain import display_frames
-    from .report import ReportImage, build_report, image_stream_data, parse_slices, pick_slices
+    from .report import ReportImage, build_report, parse_slices, pick_slices
 
     opts: ConvertOptions = job.options
     choices = parse_slices(opts.slices)
