@@ -77,6 +77,13 @@ FormatsOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Output
 WindowOpt = Annotated[str, typer.Option(envvar="DICOMFLEET_WINDOW", help="default|auto|lung|mediastinum|bone|brain|C,W")]
 QualityOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_QUALITY", help="JPEG quality 1-100.")]
 NoDeidOpt = Annotated[bool, typer.Option("--no-deid", help="Keep identifying attributes (trusted use only).")]
+DeidOptionOpt = Annotated[list[str], typer.Option(
+    "--deid-option", help="PS3.15 option, repeatable: retain-long-full-dates, retain-long-modified-dates, "
+    "retain-patient-chars, retain-device-id, retain-institution-id, retain-safe-private, clean-descriptors.")]
+BurnedInOpt = Annotated[str, typer.Option(envvar="DICOMFLEET_BURNED_IN",
+                                          help="Instances that may show burned-in text: refuse|mask.")]
+MaskRegionOpt = Annotated[list[str], typer.Option(
+    "--mask-region", help="X,Y,W,H in pixels to black out with --burned-in mask; repeatable.")]
 MaxPixelsOpt = Annotated[int, typer.Option(envvar="DICOMFLEET_MAX_PIXELS",
                                            help="Refuse instances declaring more samples than this.")]
 OrientationOpt = Annotated[str, typer.Option(envvar="DICOMFLEET_ORIENTATION", help=(
@@ -97,12 +104,11 @@ SsimThresholdOpt = Annotated[float, typer.Option(envvar="DICOMFLEET_SSIM_THRESHO
     "Flag JPEG outputs whose SSIM against the rendering is below this (exit status 3)."))]
 
 
-def series_options(orientation: str, max_size: int | None, series_stack: bool, slices: list[str],
-                   qa_sheet: bool, qa_fraction: float, ssim_threshold: float) -> dict:
-    """The display and series-output flags as ConvertOptions fields (convert and submit alike)."""
-    return {"orientation": orientation, "max_size": max_size, "series_stack": series_stack,
-            "slices": tuple(slices), "qa_sheet": qa_sheet, "qa_fraction": qa_fraction,
-            "ssim_threshold": ssim_threshold}
+def conversion_options(*, fmt: list[Format], no_deid: bool, deid_option: list[str], mask_region: list[str],
+                       slices: list[str], **fields) -> ConvertOptions:
+    """The conversion flags of `convert` and `submit` as one validated ConvertOptions."""
+    return ConvertOptions(formats=tuple(fmt), deid=not no_deid, deid_options=tuple(deid_option),
+                          mask_regions=tuple(mask_region), slices=tuple(slices), **fields)
 
 
 @app.command()
@@ -114,13 +120,9 @@ def convert(
     quality: QualityOpt = 95,
     workers: Annotated[int, typer.Option(envvar="DICOMFLEET_WORKERS", help="Processes (default: all cores).")] = 0,
     no_deid: NoDeidOpt = False,
-    deid_option: Annotated[list[str], typer.Option(
-        "--deid-option", help="PS3.15 option, repeatable: retain-long-full-dates, retain-long-modified-dates, "
-        "retain-patient-chars, retain-device-id, retain-institution-id, retain-safe-private, clean-descriptors.")] = [],  # noqa: B006
-    burned_in: Annotated[str, typer.Option(envvar="DICOMFLEET_BURNED_IN",
-                                           help="Instances that may show burned-in text: refuse|mask.")] = "refuse",
-    mask_region: Annotated[list[str], typer.Option(
-        "--mask-region", help="X,Y,W,H in pixels to black out with --burned-in mask; repeatable.")] = [],  # noqa: B006
+    deid_option: DeidOptionOpt = [],  # noqa: B006
+    burned_in: BurnedInOpt = "refuse",
+    mask_region: MaskRegionOpt = [],  # noqa: B006
     pseudonym_map: Annotated[str | None, typer.Option(
         envvar="DICOMFLEET_PSEUDONYM_MAP",
         help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")] = None,
@@ -135,11 +137,12 @@ def convert(
 ) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     try:
-        opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
-                              max_pixels=max_pixels, deid_options=tuple(deid_option), burned_in=burned_in,
-                              mask_regions=tuple(mask_region), pseudonym_map=pseudonym_map,
-                              **series_options(orientation, max_size, series_stack, slices, qa_sheet,
-                                               qa_fraction, ssim_threshold))
+        opts = conversion_options(
+            fmt=fmt, window=window, quality=quality, no_deid=no_deid, max_pixels=max_pixels,
+            deid_option=deid_option, burned_in=burned_in, mask_region=mask_region,
+            pseudonym_map=pseudonym_map, orientation=orientation, max_size=max_size,
+            series_stack=series_stack, slices=slices, qa_sheet=qa_sheet, qa_fraction=qa_fraction,
+            ssim_threshold=ssim_threshold)
         if opts.deid:
             _prepare_deid(opts)
     except ConfigError as e:
@@ -240,6 +243,9 @@ def submit(
     window: WindowOpt = "default",
     quality: QualityOpt = 95,
     no_deid: NoDeidOpt = False,
+    deid_option: DeidOptionOpt = [],  # noqa: B006
+    burned_in: BurnedInOpt = "refuse",
+    mask_region: MaskRegionOpt = [],  # noqa: B006
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     orientation: OrientationOpt = "radiological",
     max_size: MaxSizeOpt = None,
@@ -261,10 +267,11 @@ def submit(
         raise _usage(f"--priority must be normal or high, got {priority!r}")
     settings = _fleet_settings()
     try:
-        opts = ConvertOptions(formats=tuple(fmt), window=window, quality=quality, deid=not no_deid,
-                              max_pixels=max_pixels, **series_options(
-                                  orientation, max_size, series_stack, slices, qa_sheet, qa_fraction,
-                                  ssim_threshold))
+        opts = conversion_options(
+            fmt=fmt, window=window, quality=quality, no_deid=no_deid, max_pixels=max_pixels,
+            deid_option=deid_option, burned_in=burned_in, mask_region=mask_region,
+            orientation=orientation, max_size=max_size, series_stack=series_stack, slices=slices,
+            qa_sheet=qa_sheet, qa_fraction=qa_fraction, ssim_threshold=ssim_threshold)
         result = submit_jobs(sources, out, opts, priority=priority, settings=settings)
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e

@@ -122,6 +122,37 @@ def test_task_messages_are_json_without_phi(fleet, ct50):
         assert str(value) not in text
 
 
+def queued_message(fleet) -> dict:
+    (raw,) = fleet.ledger.redis.lrange(fleet.settings.queue, 0, -1)
+    envelope = json.loads(raw)
+    body = base64.b64decode(envelope["body"]) if envelope["properties"].get("body_encoding") == "base64" \
+        else envelope["body"].encode()
+    return json.loads(body)[0][0]
+
+
+def test_submit_command_takes_the_same_conversion_flags_as_convert(fleet, ct50):
+    """`dicomfleet submit` puts the de-identification and display flags into the job exactly as
+    `convert` would build them (one flag set for both commands)."""
+    from typer.testing import CliRunner
+
+    from producer.cli import app, conversion_options
+
+    flags = dict(fmt=["png", "jpeg"], window="lung", quality=90, no_deid=False, max_pixels=1 << 24,
+                 deid_option=["retain-device-id", "clean-descriptors"], burned_in="mask",
+                 mask_region=["0,0,64,16"], orientation="as-stored", max_size=256, series_stack=False,
+                 slices=[], qa_sheet=False, qa_fraction=0.01, ssim_threshold=0.95)
+    argv = ["submit", str(ct50), "--out", fleet.dest, "-f", "png", "-f", "jpeg", "--window", "lung",
+            "--quality", "90", "--max-pixels", str(1 << 24), "--deid-option", "retain-device-id",
+            "--deid-option", "clean-descriptors", "--burned-in", "mask", "--mask-region", "0,0,64,16",
+            "--orientation", "as-stored", "--max-size", "256", "--ssim-threshold", "0.95"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    message = queued_message(fleet)
+    assert ConvertOptions.from_json(message["options"]) == conversion_options(**flags)
+    assert message["options"]["deid_options"] == ["retain-device-id", "clean-descriptors"]
+    assert message["options"]["burned_in"] == "mask"
+
+
 def test_series_and_pydicom_files_convert_verified_and_resubmit_is_a_noop(fleet, ct50, pydicom_set,
                                                                          corrupt_series, tmp_path):
     """The 50-slice series, a set of pydicom's files and a series with one corrupt file, on two
