@@ -24,6 +24,7 @@ from pydicom.uid import (
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from .codestream import j2k_size, jpeg_size, rle_capacity
+from .native import native_pixels
 from .gdcm_child import GDCM_SYNTAXES, ChildDecodeError, decode_in_child
 from .errors import (
     InvalidDicomError,
@@ -333,6 +334,9 @@ def _sop_class_name(ds: Dataset) -> str:
 def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
     """Decoded pixels as pydicom gives them (YBR already RGB), after the budget check."""
     check_pixel_budget(ds, max_pixels)
+    arr = native_pixels(ds)  # the plain native case without pydicom's decoder dispatch
+    if arr is not None:
+        return arr
     ts = ds.file_meta.get("TransferSyntaxUID", None)
     name = getattr(ts, "name", None) or str(ts)
     try:
