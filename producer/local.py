@@ -45,7 +45,7 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
     """Scan, then convert series by series; manifests land as each series completes."""
     started = time.perf_counter()
     summary = RunSummary()
-    found = scan(sources)
+    found = scan(sources, max_pixels=opts.max_pixels)
     summary.skipped = found.skipped
     total = sum(len(s.instances) for s in found.series)
     if progress is not None:

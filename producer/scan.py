@@ -12,6 +12,7 @@ import numpy as np
 
 from shared.dataset import read_header
 from shared.errors import DicomfleetError, StorageError
+from shared.options import DEFAULT_MAX_PIXELS
 from shared.store import is_s3, iter_sources, open_source
 
 
@@ -81,11 +82,11 @@ def _derived_uid(*parts: str) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
-def read_instance(path: str) -> Instance | str:
+def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instance | str:
     """An Instance, or a one-line reason why the file is skipped."""
     try:
         with open_source(path) as fh:
-            ds = read_header(fh)
+            ds = read_header(fh, max_pixels=max_pixels)
     except StorageError:
         raise  # S3 unreachable is not a property of the file: the scan fails, nothing is skipped
     except DicomfleetError as err:
@@ -110,7 +111,8 @@ def order_instances(instances: list[Instance]) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid, i.source))
 
 
-def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None) -> ScanResult:
+def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None,
+         max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanResult:
     """Read headers under the sources; one Series per (study, series), instances in order."""
     groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
     skipped: Counter = Counter()
@@ -120,7 +122,7 @@ def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None) -
         if real in seen:  # the same file named twice (overlapping sources, symlinks)
             continue
         seen.add(real)
-        found = read_instance(path)
+        found = read_instance(path, max_pixels=max_pixels)
         if on_file:
             on_file()
         if isinstance(found, str):

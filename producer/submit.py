@@ -58,7 +58,7 @@ def _done_at_target(store: Store, msg: SeriesMessage, fingerprints: list[str]) -
 
 def plan(sources: list[str], dest: str, opts: ConvertOptions, priority: str = "normal") -> tuple[list[tuple[SeriesMessage, list[str]]], Counter]:
     """One message per series found under the sources, with its sources' fingerprints."""
-    found = scan(sources)
+    found = scan(sources, max_pixels=opts.max_pixels)
     messages = []
     for series in found.series:
         prefix = series_prefix(series, opts)

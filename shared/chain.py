@@ -158,7 +158,7 @@ def convert_instance(task: dict) -> dict:
             record["source_sha256"] = sha256(data)
             record["source_bytes"] = len(data)  # the manifest and the bytes-in metric
         with clock.stage("parse"):
-            ds = read_dataset(data)
+            ds = read_dataset(data, max_pixels=opts.max_pixels)
         mask: tuple[Region, ...] = ()
         if opts.deid:
             with clock.stage("deid"):

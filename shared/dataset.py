@@ -95,9 +95,9 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
 
 
 def inflate_limit(max_pixels: int) -> int:
-    """Bytes a deflated dataset may inflate to under the pixel budget: its widest pixel data
-    (64-bit samples) plus 16 MiB for the rest of the dataset."""
-    return max_pixels * 8 + (16 << 20)
+    """Bytes a deflated dataset may inflate to under the pixel budget: pixel data of 32-bit
+    samples plus 16 MiB for the rest of the dataset (1 GiB + 16 MiB by default)."""
+    return max_pixels * 4 + (16 << 20)
 
 
 def check_inflated_size(deflated: bytes, limit: int) -> None:

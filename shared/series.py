@@ -31,7 +31,7 @@ PDF_NAME, TIFF_NAME, NPY_NAME = "series.pdf", "series.tiff", "series.npy"
 def load_instance(source: str, opts: ConvertOptions) -> tuple[Dataset, np.ndarray]:
     """A source as the chain sees it: de-identified header (without appending to the pseudonym
     map again: the instance pass did) and decoded, masked pixels."""
-    ds = read_dataset(read_source(source))
+    ds = read_dataset(read_source(source), max_pixels=opts.max_pixels)
     mask = ()
     if opts.deid:
         mask = deidentify(ds, dataclasses.replace(opts, pseudonym_map=None)).mask
@@ -95,7 +95,7 @@ def report_units(job, ok: list[int]):
     units = []
     for index in ok:
         with open_source(job.sources[index - 1]) as fh:
-            header = read_header(fh)
+            header = read_header(fh, max_pixels=job.options.max_pixels)
         frames = int(header.get("NumberOfFrames", 1) or 1)
         for frame in ([None] if frames == 1 else range(1, frames + 1)):
             units.append(Unit(index, frame, frame_position(header, frame)))
