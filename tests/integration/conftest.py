@@ -110,7 +110,9 @@ def sha256(data: bytes) -> str:
 
 
 def check_against_manifests(objects: dict[str, bytes]) -> list[dict]:
-    """Every output's bytes hash to what its manifest says; every object is in a manifest once."""
+    """Every output's bytes hash to what its manifest says, per instance and per series (report,
+    stacks and their sidecars, QA sheets); every object but manifests and dead-letter records is
+    in a manifest once."""
     manifests = {k: json.loads(v) for k, v in objects.items() if k.endswith("/manifest.json")}
     assert manifests, "no manifest written"
     listed: list[str] = []
@@ -119,12 +121,14 @@ def check_against_manifests(objects: dict[str, bytes]) -> list[dict]:
         assert manifest["series"] == series
         indexes = [i["index"] for i in manifest["instances"]]
         assert indexes == list(range(1, len(indexes) + 1)), "each instance exactly once, in order"
-        for inst in manifest["instances"]:
-            for out in inst["outputs"]:
-                assert sha256(objects[out["path"]]) == out["sha256"], out["path"]
-                assert len(objects[out["path"]]) == out["size"]
-                listed.append(out["path"])
+        per_series = manifest.get("series_outputs", [])
+        assert manifest["counts"].get("series_outputs", 0) == len(per_series)
+        for out in [o for inst in manifest["instances"] for o in inst["outputs"]] + per_series:
+            assert out["path"].startswith(series + "/"), out["path"]
+            assert sha256(objects[out["path"]]) == out["sha256"], out["path"]
+            assert len(objects[out["path"]]) == out["size"]
+            listed.append(out["path"])
     assert len(listed) == len(set(listed)), "an output listed twice"
-    outputs = {k for k in objects if not k.endswith((".json",))}
+    outputs = {k for k in objects if not k.endswith(("/manifest.json", "/failure.json"))}
     assert outputs == set(listed), "objects not in any manifest (or missing)"
     return list(manifests.values())

@@ -2,15 +2,14 @@
 and the QA sheet (reading its JPEG back from S3) exactly as `dicomfleet convert` does."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pytest
 
 from producer.local import run_local
 from producer.submit import submit, wait
 from shared.options import ConvertOptions
 from tests.synthetic import write_series
+
+from .conftest import check_against_manifests
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +29,11 @@ def test_worker_writes_the_series_outputs_the_local_convert_writes(fleet_factory
     assert {r["state"] for r in records.values()} == {"done"}
 
     objects = fleet.objects()
-    [(key, raw)] = [(k, v) for k, v in objects.items() if k.endswith("/manifest.json")]
-    manifest = json.loads(raw)
+    [manifest] = check_against_manifests(objects)  # series outputs hashed and listed like the slices'
+    assert manifest["counts"]["outputs"] == 8 and manifest["counts"]["series_outputs"] == 4
+    assert len(objects) == 1 + 8 + 4  # the manifest, a JPEG per slice (npy only stacked), the series
     series = manifest["series_outputs"]
     assert [e["format"] for e in series] == ["pdf", "npy", "json", "qa"] and manifest["series_errors"] == []
-    for entry in series:
-        data = objects[entry["path"]]
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
     assert series[3]["compared"].endswith("/0005.jpg") and series[3]["ssim"] > 0.98
 
     local = tmp_path / "local"
