@@ -67,8 +67,13 @@ def print_summary(s: RunSummary) -> None:
         err.print(f"  [red]failed[/red] {prefix}/{index:04d}: {reason}", highlight=False, soft_wrap=True)
     for prefix, output, reason in s.series_failures:
         err.print(f"  [red]failed[/red] {prefix} {output}: {reason}", highlight=False, soft_wrap=True)
-    if s.below_threshold:
-        err.print(f"  [yellow]flagged[/yellow] {s.below_threshold} JPEG output(s) below the SSIM threshold "
+    print_flagged(s.below_threshold)
+
+
+def print_flagged(below: int) -> None:
+    """The line for JPEG outputs under the SSIM threshold (exit status 3 when nothing failed)."""
+    if below:
+        err.print(f"  [yellow]flagged[/yellow] {below} JPEG output(s) below the SSIM threshold "
                   "(see the manifests)", highlight=False, soft_wrap=True)
 
 
@@ -261,6 +266,7 @@ def submit(
     """Queue one job per series for the workers; series already done at the target are skipped."""
     from shared.errors import DicomfleetError
 
+    from .status import below_threshold
     from .submit import submit as submit_jobs, wait as wait_jobs
 
     if priority not in ("normal", "high"):
@@ -294,7 +300,9 @@ def submit(
     for jid, r in bad:
         err.print(f"  [red]{r.get('state')}[/red] {jid} {r.get('prefix', '')}: "
                   f"{r.get('reason') or '; '.join(r.get('failures') or [])}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1 if bad else 0)
+    below = below_threshold(records)
+    print_flagged(below)
+    raise typer.Exit(1 if bad else 3 if below else 0)
 
 
 @app.command()
@@ -334,7 +342,8 @@ def status_cmd(
         raise _usage(f"no such job: {', '.join(jobs)}")
     for line in report.lines(detail=all_jobs or bool(jobs)):
         typer.echo(line)
-    raise typer.Exit(1 if report.counts["failed"] else 0)
+    print_flagged(report.below_threshold)
+    raise typer.Exit(report.exit_code)
 
 
 def main() -> None:

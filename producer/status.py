@@ -18,6 +18,12 @@ class StatusReport:
     jobs: dict[str, dict] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
     instances_failed: int = 0
+    below_threshold: int = 0  # JPEG outputs below the SSIM threshold, over the done jobs
+
+    @property
+    def exit_code(self) -> int:
+        """As `convert`'s: 1 when a job failed, 3 when all is done but some JPEG was flagged."""
+        return 1 if self.counts["failed"] else 3 if self.below_threshold else 0
 
     def lines(self, *, detail: bool) -> list[str]:
         c = self.counts
@@ -25,11 +31,13 @@ class StatusReport:
                f" (waiting in queues: {self.queues.get('high', 0)} high, {self.queues.get('normal', 0)} normal)"]
         for jid, job in sorted(self.jobs.items(), key=lambda kv: kv[1].get("submitted", 0)):
             state = job.get("state", "?")
-            if detail or state in ("failed", "dead") or job.get("failed"):
+            if detail or state in ("failed", "dead") or job.get("failed") or job.get("below_ssim_threshold"):
                 line = f"{jid}  {state:<8} {job.get('prefix', '')}"
                 if state == "done":
                     line += (f"  {job.get('converted', 0)}/{job.get('instances', 0)} converted,"
                              f" {job.get('outputs', 0)} outputs")
+                    if job.get("below_ssim_threshold"):
+                        line += f", {job['below_ssim_threshold']} JPEG below the SSIM threshold"
                 if state == "running" and job.get("worker"):
                     line += f"  on {job['worker']}"
                 if job.get("reason"):
@@ -38,6 +46,11 @@ class StatusReport:
                 for failure in job.get("failures") or []:
                     out.append(f"    instance {failure}")
         return out
+
+
+def below_threshold(jobs: dict[str, dict]) -> int:
+    """JPEG outputs below the SSIM threshold over the given job records."""
+    return sum(int(job.get("below_ssim_threshold", 0) or 0) for job in jobs.values())
 
 
 def status(job_ids: list[str] | None = None, *, settings: Settings | None = None) -> StatusReport:
@@ -49,5 +62,6 @@ def status(job_ids: list[str] | None = None, *, settings: Settings | None = None
     for job in report.jobs.values():
         report.counts[BUCKET.get(job.get("state"), "queued")] += 1
         report.instances_failed += int(job.get("failed", 0) or 0)
+    report.below_threshold = below_threshold(report.jobs)
     report.queues = ledger.queue_lengths({"high": s.queue_high, "normal": s.queue})
     return report

@@ -63,9 +63,13 @@ def _record_failure(msg: SeriesMessage, code: str, reason: str, deliveries: int)
 
 
 def summary(manifest: dict) -> tuple[dict, list[str]]:
-    """Counts and up to five distinct instance failure reasons, for the ledger (no PHI)."""
+    """Counts (with the JPEG outputs below the SSIM threshold, when JPEG was asked for) and up to
+    five distinct instance failure reasons, for the ledger (no PHI)."""
     reasons = list(dict.fromkeys(f"{e['index']:04d}: {e['reason']}" for e in manifest.get("errors", [])))
-    return dict(manifest["counts"]), reasons[:5]
+    counts = dict(manifest["counts"])
+    if "below_ssim_threshold" in manifest:
+        counts["below_ssim_threshold"] = manifest["below_ssim_threshold"]
+    return counts, reasons[:5]
 
 
 def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
