@@ -99,7 +99,7 @@ def walk(ds: Dataset, ctx: Context) -> None:
     drop: list[int] = []
     for elem in list(ds.values()):  # no sorting, no per-tag lookup: this loop is the hot path
         if isinstance(elem, RawDataElement):
-            if _settled_raw(elem, table, ctx, drop):
+            if _settled_raw(elem, table, ctx, drop) or _replaced_raw(ds, elem, table, ctx):
                 continue
             elem = ds[elem.tag]
         tag = int(elem.tag)  # a plain int: BaseTag compares in Python
@@ -174,6 +174,25 @@ def _settled_raw(raw: RawDataElement, table: dict[int, str], ctx: Context, drop:
         return False
     if (tag >> 16) & 0xFF00 in (0x5000, 0x6000) or tag & 0xFFFF == 0:
         drop.append(tag)
+    return True
+
+
+#: String VRs whose value, stripped of padding, is empty exactly when the converted value is
+_PADDED_STRINGS = frozenset({"PN", "LO", "SH", "CS", "DA", "TM", "DT", "AS"})
+
+
+def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: Context) -> bool:
+    """Z (empty) and date/time D (a constant) on a still-unconverted string element: the new value
+    does not depend on the old, so it is set without converting the old one. What `walk` would
+    do after converting it (empty values are left as they are; nothing to collect)."""
+    action = table.get(int(raw.tag))
+    if ctx.collect or raw.VR not in _PADDED_STRINGS or action not in (EMPTY, DUMMY):
+        return False
+    if action == DUMMY and (raw.VR not in _DUMMY_CONSTANTS or int(raw.tag) == _PATIENT_ID):
+        return False
+    if raw.value is None or not raw.value.strip(b" \0"):
+        return True  # empty once converted: walk leaves it
+    ds[raw.tag] = DataElement(raw.tag, raw.VR, None if action == EMPTY else _DUMMY_CONSTANTS[raw.VR])
     return True
 
 
