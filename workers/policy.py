@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from celery.exceptions import Reject
 
-from shared.errors import ConfigError, DicomfleetError, Transient
+from shared.errors import BrokerError, ConfigError, DicomfleetError, Transient
 from shared.jobs import SeriesMessage, failure_record
 from shared.ledger import Ledger
 from shared.settings import Settings
@@ -49,6 +49,28 @@ def ledger() -> Ledger:
     return Ledger(settings())
 
 
+class PatientLedger:
+    """The ledger with every call retried on BrokerError with backoff and jitter, at most
+    DICOMFLEET_MAX_RETRIES times: a series that finishes while Redis restarts is booked once Redis
+    is back instead of failing the task (its message could not be acked then either)."""
+
+    def __init__(self, book: Ledger, s: Settings) -> None:
+        self._book, self._settings = book, s
+
+    def __getattr__(self, name: str):
+        call = getattr(self._book, name)
+
+        def patient(*args, **kwargs):
+            for attempt in range(self._settings.max_retries + 1):
+                try:
+                    return call(*args, **kwargs)
+                except BrokerError:
+                    if attempt == self._settings.max_retries:
+                        raise
+                    time.sleep(backoff(attempt, cap=self._settings.retry_backoff_max))
+        return patient
+
+
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:300] if isinstance(err, DicomfleetError) else f"internal error ({type(err).__name__}: {text[:200]})"
@@ -76,7 +98,8 @@ def series_task(run: Callable[[SeriesMessage], dict]) -> Callable:
     """Wrap ``run(message) -> manifest`` as a bound Celery task body with the fleet's policy."""
 
     def task(self, message: dict) -> dict:
-        s, book = settings(), ledger()
+        s = settings()
+        book = PatientLedger(ledger(), s)
         try:
             msg = SeriesMessage.from_json(message)
         except ConfigError as err:  # nothing to retry: a malformed message never gets better

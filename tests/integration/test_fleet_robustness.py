@@ -2,13 +2,22 @@
 mid-series, and JPEG outputs below the SSIM threshold in `status` and `submit --wait` (exit 3)."""
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from producer.cli import app
+from producer.fleetrun import free_port
+from producer.submit import submit, wait
+from shared.options import ConvertOptions
 from tests.synthetic import write_series
 
 from .conftest import check_against_manifests
+from .test_fleet import local_reference, until
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +54,73 @@ def test_status_and_submit_wait_flag_jpegs_below_the_ssim_threshold(fleet_factor
     [other] = [line.split()[0] for line in met.output.splitlines() if "  queued  " in line]
     both = runner.invoke(app, ["status", other])
     assert both.exit_code == 0 and "flagged" not in both.output, both.output
+
+
+class RedisServer:
+    """A redis-server of the test's own that can be stopped and started again on its port, its
+    data kept in an append-only file written through on every command (nothing is lost)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port, self.dir = free_port(), workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL)
+        until(self.answers, timeout=20, what="redis-server")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+            self.proc = None
+
+
+def keys(fleet) -> list[str]:
+    """Names of the objects under the destination (no bodies: cheap enough to poll)."""
+    return [o.object_name for o in fleet.s3.client().list_objects(fleet.bucket, prefix="out/", recursive=True)]
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_redis_unavailable_for_a_few_seconds_mid_series(own_redis, fleet_factory, tmp_path):
+    """Redis stops while a worker is converting a series (its outputs half written) and comes
+    back seconds after the series ended: the job is still booked done, every output as its
+    manifest and the local convert say, and its message acked (nothing queued, nothing unacked)."""
+    fleet = fleet_factory(broker_url=own_redis.url, result_backend=own_redis.url)
+    src = tmp_path / "in"
+    write_series(src, slices=40, size=256, seed=7)
+    opts = ConvertOptions(formats=("png", "jpeg"))
+    fleet.worker(concurrency=1)
+    (job,) = submit([str(src)], fleet.dest, opts).queued
+    until(lambda: len(keys(fleet)) >= 4, timeout=60, what="the first outputs")
+    own_redis.stop()
+    written = len(keys(fleet))
+    # the series ends while Redis is down: its manifest is written, its ledger entry and ack wait
+    until(lambda: any(k.endswith("/manifest.json") for k in keys(fleet)), timeout=60, what="the manifest")
+    time.sleep(2)
+    own_redis.start()
+    (record,) = wait([job.job_id], timeout=120).values()
+    assert record["state"] == "done" and record["converted"] == 40 and record["failed"] == 0
+    objects = fleet.objects()
+    assert 4 <= written < len(objects) == 1 + 80
+    (manifest,) = check_against_manifests(objects)
+    reference = local_reference(tmp_path, [str(src)], opts)
+    assert [k for k in reference if objects.get(k) != reference[k]] == []
+    until(lambda: fleet.ledger.redis.hlen(f"{fleet.settings.key_prefix}:unacked") == 0, timeout=30,
+          what="the message acked")
+    assert fleet.ledger.redis.llen(fleet.settings.queue) == 0
