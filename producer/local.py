@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from shared.chain import SeriesJob, convert_series
 from shared.options import ConvertOptions
+from shared.store import is_s3
 
 from .scan import Series, scan
 
@@ -45,16 +46,18 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
     """Scan, then convert series by series; manifests land as each series completes."""
     started = time.perf_counter()
     summary = RunSummary()
-    found = scan(sources, max_pixels=opts.max_pixels)
-    summary.skipped = found.skipped
-    total = sum(len(s.instances) for s in found.series)
-    if progress is not None:
-        progress.start(total)
     with ExitStack() as stack:
         map_fn = map
-        if workers > 1 and total > 1:
+        if workers > 1:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
             map_fn = lambda fn, items: pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers))))  # noqa: E731
+        # headers are read over the pool too (local files: S3 clients are not shared across fork)
+        local = all(not is_s3(src) for src in sources)
+        found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map)
+        summary.skipped = found.skipped
+        total = sum(len(s.instances) for s in found.series)
+        if progress is not None:
+            progress.start(total)
         for series in found.series:
             prefix = series_prefix(series, opts)
             job = SeriesJob(prefix, [i.source for i in series.instances], dest, opts)

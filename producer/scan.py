@@ -7,6 +7,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -111,18 +112,26 @@ def order_instances(instances: list[Instance]) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid, i.source))
 
 
-def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None,
-         max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanResult:
-    """Read headers under the sources; one Series per (study, series), instances in order."""
-    groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
-    skipped: Counter = Counter()
+def _unique_files(sources: Iterable[str]) -> list[str]:
+    """`iter_files` without the same file named twice (overlapping sources, symlinks)."""
     seen: set[str] = set()
+    files = []
     for path in iter_files(sources):
         real = path if is_s3(path) else os.path.realpath(path)
-        if real in seen:  # the same file named twice (overlapping sources, symlinks)
-            continue
-        seen.add(real)
-        found = read_instance(path, max_pixels=max_pixels)
+        if real not in seen:
+            seen.add(real)
+            files.append(path)
+    return files
+
+
+def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None,
+         max_pixels: int = DEFAULT_MAX_PIXELS,
+         map_fn: Callable[[Callable, list], Iterable] = map) -> ScanResult:
+    """Read headers under the sources; one Series per (study, series), instances in order.
+    ``map_fn``: how headers are read, e.g. over a process pool (results in file order)."""
+    groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
+    skipped: Counter = Counter()
+    for found in map_fn(partial(read_instance, max_pixels=max_pixels), _unique_files(sources)):
         if on_file:
             on_file()
         if isinstance(found, str):
