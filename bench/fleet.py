@@ -32,6 +32,7 @@ def _missing() -> str | None:
 
 def contenders(workers: int) -> list[Contender]:
     skip = _missing()
-    return [Contender(f"fleet png w{workers}", "fleet",
-                      lambda i, o: [sys.executable, "-m", "producer.fleetrun", i, str(workers)],
-                      "png", workers=workers, floor="floor png", skip=skip, self_timed=True)]
+    return [Contender(f"fleet png w{n}", "fleet",
+                      lambda i, o, n=n: [sys.executable, "-m", "producer.fleetrun", i, str(n)],
+                      "png", workers=n, floor="floor png", skip=skip, self_timed=True)
+            for n in sorted({1, workers})]
