@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shared.errors import ConfigError, DicomfleetError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
+from shared.quiet import silence_in_this_process
 
 from .local import RunSummary, default_workers, run_local
 
@@ -152,6 +153,7 @@ def convert(
             _prepare_deid(opts)
     except ConfigError as e:
         raise _usage(str(e)) from e
+    silence_in_this_process()  # decoders' own stderr (a Rust panic's text): the reasons say it
     bar = _Bar() if sys.stderr.isatty() else None
     try:
         summary = run_local(sources, out, opts, workers=workers or default_workers(), progress=bar)

@@ -35,6 +35,7 @@ from .errors import (
     UnsupportedError,
 )
 from .options import DEFAULT_MAX_PIXELS
+from .quiet import native_stderr_silenced
 
 # Real archives are full of slightly invalid values; we validate what we use, with reasons of
 # our own, instead of letting pydicom print a warning per element to the user's terminal.
@@ -340,7 +341,7 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
     ts = ds.file_meta.get("TransferSyntaxUID", None)
     name = getattr(ts, "name", None) or str(ts)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_stderr_silenced():  # a panic's text: not the user's
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except NotImplementedError as err:

@@ -1,0 +1,50 @@
+"""Native decoders' own stderr kept out of the user's terminal and the worker logs.
+
+A Rust decoder's panic prints its message (and, under RUST_BACKTRACE, a hundred-frame backtrace)
+straight to file descriptor 2 before pyo3 turns it into an exception; C decoders fprintf there
+too. The failure already reaches the user as the one-line reason its exception carries, so fd 2
+is pointed at /dev/null around the decode call. That is process-wide, so it is done only where
+nothing else shares the process: conversion children (pool processes of `convert` and of a
+worker), which run one instance at a time on one thread, and a process that asks for it
+(`dicomfleet convert` itself). A library caller's stderr is left alone.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_requested = False
+_devnull: int | None = None
+
+
+def silence_in_this_process() -> None:
+    """Silence native decoders in this process too (a command that owns its terminal)."""
+    global _requested
+    _requested = True
+
+
+def _enabled() -> bool:
+    return _requested or multiprocessing.parent_process() is not None
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """fd 2 to /dev/null for the block, in a conversion child or where asked; else nothing."""
+    global _devnull
+    if not _enabled():
+        yield
+        return
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(_devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()  # what Python itself wrote inside the block goes where fd 2 pointed
+        os.dup2(saved, 2)
+        os.close(saved)
