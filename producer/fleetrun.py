@@ -178,6 +178,8 @@ def measure(src: str, *, workers: int = 2, formats: tuple[str, ...] = ("png",), 
     """
     from shared.options import ConvertOptions
 
+    import workers.client  # noqa: F401  (Celery: the producer's set-up, imported before the clock)
+
     from .submit import submit, wait
 
     s3 = S3Server().start()
