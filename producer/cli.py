@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shared.errors import ConfigError, DicomfleetError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
@@ -30,6 +29,8 @@ class _Bar:
     """A rich progress bar on stderr, only when stderr is a terminal."""
 
     def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self.progress = Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                                  console=err, transient=True)
