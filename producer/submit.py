@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.errors import DicomfleetError
+from shared.errors import BrokerError, DicomfleetError
 from shared.jobs import SeriesMessage, job_id, manifest_complete
 from shared.ledger import TERMINAL, Ledger
 from shared.options import ConvertOptions
@@ -100,11 +100,18 @@ def submit(sources: list[str], dest: str, opts: ConvertOptions, *, priority: str
 
 def wait(job_ids: list[str], *, settings: Settings | None = None, timeout: float | None = None,
          poll: float = 0.5, on_poll: Callable[[dict[str, dict]], None] | None = None) -> dict[str, dict]:
-    """Poll the ledger (one round trip per poll) until every job is done, failed or dead."""
+    """Poll the ledger (one round trip per poll) until every job is done, failed or dead; Redis
+    unreachable for a while (restarting, failing over) is polled through until the timeout."""
     ledger = Ledger(settings or Settings.from_env())
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        records = ledger.jobs(job_ids)
+        try:
+            records = ledger.jobs(job_ids)
+        except BrokerError:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            time.sleep(poll)
+            continue
         if on_poll:
             on_poll(records)
         if all(records.get(j, {}).get("state") in TERMINAL for j in job_ids):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,11 +111,13 @@ def test_redis_unavailable_for_a_few_seconds_mid_series(own_redis, fleet_factory
     until(lambda: len(keys(fleet)) >= 4, timeout=60, what="the first outputs")
     own_redis.stop()
     written = len(keys(fleet))
-    # the series ends while Redis is down: its manifest is written, its ledger entry and ack wait
-    until(lambda: any(k.endswith("/manifest.json") for k in keys(fleet)), timeout=60, what="the manifest")
-    time.sleep(2)
-    own_redis.start()
-    (record,) = wait([job.job_id], timeout=120).values()
+    with ThreadPoolExecutor(1) as producer:  # `submit --wait` polls through the outage
+        waiting = producer.submit(wait, [job.job_id], timeout=120)
+        # the series ends while Redis is down: its manifest is written, its ledger entry and ack wait
+        until(lambda: any(k.endswith("/manifest.json") for k in keys(fleet)), timeout=60, what="the manifest")
+        time.sleep(2)
+        own_redis.start()
+        (record,) = waiting.result(timeout=150).values()
     assert record["state"] == "done" and record["converted"] == 40 and record["failed"] == 0
     objects = fleet.objects()
     assert 4 <= written < len(objects) == 1 + 80
