@@ -20,6 +20,8 @@ from shared.settings import Settings
 pytestmark = pytest.mark.integration
 
 DEID_KEY = "5f" * 32
+#: the shared Redis, named by tests that must not inherit a private one from the process environment
+REDIS = "redis://127.0.0.1:6379/0"
 
 
 def _redis_up() -> bool:

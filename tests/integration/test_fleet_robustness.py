@@ -17,14 +17,10 @@ from producer.submit import submit, wait
 from shared.options import ConvertOptions
 from tests.synthetic import write_series
 
-from .conftest import check_against_manifests
+from .conftest import REDIS, check_against_manifests
 from .test_fleet import local_reference, until
 
 pytestmark = pytest.mark.integration
-
-#: named, not inherited: a previous test's private Redis URL may linger in this process's environment
-REDIS = "redis://127.0.0.1:6379/0"
-
 
 def test_status_and_submit_wait_flag_jpegs_below_the_ssim_threshold(fleet_factory, tmp_path):
     fleet = fleet_factory(broker_url=REDIS, result_backend=REDIS)

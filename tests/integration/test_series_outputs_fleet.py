@@ -9,13 +9,9 @@ from producer.submit import submit, wait
 from shared.options import ConvertOptions
 from tests.synthetic import write_series
 
-from .conftest import check_against_manifests
+from .conftest import REDIS, check_against_manifests
 
 pytestmark = pytest.mark.integration
-
-
-#: named, not inherited: a previous test's private Redis URL may linger in this process's environment
-REDIS = "redis://127.0.0.1:6379/0"
 
 
 def test_worker_writes_the_series_outputs_the_local_convert_writes(fleet_factory, tmp_path):
