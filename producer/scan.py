@@ -90,8 +90,8 @@ def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instanc
             ds = read_header(fh, max_pixels=max_pixels)
     except StorageError:
         raise  # S3 unreachable is not a property of the file: the scan fails, nothing is skipped
-    except DicomfleetError as err:
-        return "not DICOM" if err.code == "not_dicom" else err.code
+    except DicomfleetError as err:  # e.g. a deflate bomb: its one-line reason (no path, no PHI)
+        return "not DICOM" if err.code == "not_dicom" else str(err)
     except OSError as err:
         return f"unreadable ({err.strerror})"
     if "Rows" not in ds:

@@ -122,7 +122,7 @@ def test_bomb_refused_by_scan_and_chain_under_a_small_budget(bomb, tmp_path):
     budget = 1 << 20
     tracemalloc.start()
     try:
-        assert read_instance(str(bomb), max_pixels=budget) == "pixel_budget"
+        assert read_instance(str(bomb), max_pixels=budget) == REASON.format(inflate_limit(budget))
         opts = ConvertOptions(formats=("png",), deid=False, max_pixels=budget).to_json()
         record = convert_instance(instance_task(str(bomb), 1, "bomb", str(tmp_path / "out"), opts))
         peak = tracemalloc.get_traced_memory()[1]
@@ -151,5 +151,6 @@ def test_cli_skips_the_bomb_and_converts_the_real_file_in_little_memory(bomb, tm
     assert proc.returncode == 0, output
     lines = output.strip().splitlines()
     assert lines[0].startswith("1 series, 1 instances, 1 converted, 1 outputs, 0 failed in "), output
-    assert [line.strip() for line in lines[1:]] == ["skipped 1 file(s): pixel_budget"]
+    assert [line.strip() for line in lines[1:]] == [
+        f"skipped 1 file(s): {REASON.format(inflate_limit(1 << 22))}"]
     assert usage.ru_maxrss * 1024 < 512 << 20, f"peak RSS {usage.ru_maxrss} KiB"
