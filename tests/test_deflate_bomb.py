@@ -154,3 +154,14 @@ def test_cli_skips_the_bomb_and_converts_the_real_file_in_little_memory(bomb, tm
     assert [line.strip() for line in lines[1:]] == [
         f"skipped 1 file(s): {REASON.format(inflate_limit(1 << 22))}"]
     assert usage.ru_maxrss * 1024 < 512 << 20, f"peak RSS {usage.ru_maxrss} KiB"
+
+
+def test_only_files_whose_meta_names_deflate_take_the_guarded_reader():
+    """The file meta is walked (a few elements) instead of wrapping every read of every parse."""
+    from shared.dataset import _may_be_deflated
+
+    assert _may_be_deflated(bundled("image_dfl.dcm").read_bytes())
+    assert not _may_be_deflated(bundled("CT_small.dcm").read_bytes())
+    assert not _may_be_deflated(bundled("JPEG2000.dcm").read_bytes())
+    implicit_meta = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00\x14\x00\x00\x00" + b"1.2.840.10008.1.2\0\0\0"
+    assert _may_be_deflated(implicit_meta)  # not plain explicit VR: guarded, whatever it names
