@@ -84,7 +84,8 @@ class RedisServer:
 
 def keys(fleet) -> list[str]:
     """Names of the objects under the destination (no bodies: cheap enough to poll)."""
-    return [o.object_name for o in fleet.s3.client().list_objects(fleet.bucket, prefix="out/", recursive=True)]
+    listing = fleet.s3.client().list_objects(fleet.bucket, prefix="out/", recursive=True)
+    return [o.object_name for o in listing]
 
 
 @pytest.fixture
