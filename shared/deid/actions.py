@@ -15,6 +15,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import UID as UIDValue
 from pydicom.uid import UID_dictionary
 from pydicom.valuerep import PersonName
 
@@ -186,6 +187,8 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
     does not depend on the old, so it is set without converting the old one. What `walk` would
     do after converting it (empty values are left as they are; nothing to collect)."""
     action = table.get(int(raw.tag))
+    if raw.VR == "UI":
+        return _replaced_raw_uid(ds, raw, action, ctx)
     if ctx.collect or raw.VR not in _PADDED_STRINGS or action not in (EMPTY, DUMMY):
         return False
     if action == DUMMY and (raw.VR not in _DUMMY_CONSTANTS or int(raw.tag) == _PATIENT_ID):
@@ -193,6 +196,29 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
     if raw.value is None or not raw.value.strip(b" \0"):
         return True  # empty once converted: walk leaves it
     ds[raw.tag] = DataElement(raw.tag, raw.VR, None if action == EMPTY else _DUMMY_CONSTANTS[raw.VR])
+    return True
+
+
+def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx: Context) -> bool:
+    """A still-unconverted UID element that `walk` would pseudonymise (U or D, or outside the
+    table and not a well-known UID): its values decoded as pydicom's UI conversion does (ISO 8859,
+    trailing spaces and NULs dropped, split at backslashes), mapped, and set as a new element."""
+    tag = int(raw.tag)
+    group = tag >> 16
+    if action is None:
+        if group & 1 or group == 0x0002 or group & 0xFF00 in (0x5000, 0x6000) or tag & 0xFFFF == 0:
+            return False
+        fn = lambda v: v if v in _WELL_KNOWN_UIDS else ctx.uid(v)  # noqa: E731
+    elif action in (UID, DUMMY):
+        fn = ctx.uid
+    else:
+        return False
+    items = (raw.value or b"").decode("iso8859").rstrip(" \x00").split("\\")
+    if len(items) == 1 and not items[0]:
+        return True  # empty once converted: walk leaves it
+    values = [UIDValue(v) for v in items]
+    new = fn(values[0]) if len(values) == 1 else [fn(v) for v in values]
+    ds[raw.tag] = DataElement(raw.tag, "UI", new)
     return True
 
 
