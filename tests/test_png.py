@@ -183,3 +183,38 @@ def test_verify_lossless_refuses_a_png_that_does_not_hold_the_pixels():
     assert verify_lossless("png16", png.encode_png(img), img) == "lossless"
     with pytest.raises(VerificationError, match=r"png16 output does not decode back .*IDAT does not hold"):
         verify_lossless("png16", png.encode_png(img), img ^ np.uint16(1))
+
+
+_DETERMINISM_PROBE = """
+import hashlib, sys
+import numpy as np
+from shared import png
+rng = np.random.default_rng(2026)
+junk = [rng.integers(0, 4096, (int(h), int(w))).astype(np.uint16) for h, w in rng.integers(8, 600, (40, 2))]
+for j in junk:  # leave the allocator and any compressor state dirty, as a long-lived worker would
+    png.encode_png(j)
+yy, xx = np.mgrid[0:256, 0:256]
+img = ((np.sin(xx / 9) + np.cos(yy / 7)) * 900 + 2048 + rng.normal(0, 30, (256, 256))).clip(0, 4095)
+u16 = img.astype(np.uint16)
+u8 = (u16 >> 4).astype(np.uint8)
+print(hashlib.sha256(png.encode_png(u8) + png.encode_png(u16)).hexdigest())
+"""
+
+
+def test_same_pixels_give_the_same_bytes_in_every_process():
+    """Outputs are byte-identical wherever they are made: a fresh process, a process that has
+    compressed other images first, and this long-lived test process all write the same PNG bytes
+    (a redelivered fleet job rewrites exactly what the first delivery wrote)."""
+    import hashlib
+    import sys
+
+    fresh = {subprocess.run([sys.executable, "-c", _DETERMINISM_PROBE], capture_output=True, text=True,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert len(fresh) == 1
+    rng = np.random.default_rng(2026)
+    [rng.integers(0, 4096, (int(h), int(w))) for h, w in rng.integers(8, 600, (40, 2))]
+    yy, xx = np.mgrid[0:256, 0:256]
+    img = ((np.sin(xx / 9) + np.cos(yy / 7)) * 900 + 2048 + rng.normal(0, 30, (256, 256))).clip(0, 4095)
+    u16 = img.astype(np.uint16)
+    here = hashlib.sha256(png.encode_png((u16 >> 4).astype(np.uint8)) + png.encode_png(u16)).hexdigest()
+    assert fresh == {here}
