@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 
 from shared.dataset import read_header
-from shared.errors import DicomfleetError, StorageError
+from shared.errors import DicomfleetError, NoPixelDataError, NotDicomError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS
 from shared.store import is_s3, iter_sources, open_source
 
@@ -39,7 +39,21 @@ class Series:
 @dataclass
 class ScanResult:
     series: list[Series]
-    skipped: Counter  # reason → count (no paths: they may hold PHI)
+    skipped: Counter  # reason → count (no paths: they may hold PHI); keys are SkipReasons
+
+
+class SkipReason(str):
+    """The one-line reason a file is skipped, carrying the error code it maps to (a metrics label)."""
+
+    code: str
+
+    def __new__(cls, reason: str, code: str) -> "SkipReason":
+        self = super().__new__(cls, reason)
+        self.code = code
+        return self
+
+    def __reduce__(self):  # crosses process pools (scan's map_fn) with its code
+        return SkipReason, (str(self), self.code)
 
 
 def iter_files(sources: Iterable[str]) -> Iterator[str]:
@@ -83,7 +97,10 @@ def _derived_uid(*parts: str) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
-def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instance | str:
+NOT_DICOM = SkipReason("not DICOM", NotDicomError.code)
+
+
+def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instance | SkipReason:
     """An Instance, or a one-line reason why the file is skipped."""
     try:
         with open_source(path) as fh:
@@ -91,13 +108,14 @@ def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instanc
     except StorageError:
         raise  # S3 unreachable is not a property of the file: the scan fails, nothing is skipped
     except DicomfleetError as err:  # e.g. a deflate bomb: its one-line reason (no path, no PHI)
-        return "not DICOM" if err.code == "not_dicom" else str(err)
+        return NOT_DICOM if err.code == NotDicomError.code else SkipReason(str(err), err.code)
     except OSError as err:
-        return f"unreadable ({err.strerror})"
+        return SkipReason(f"unreadable ({err.strerror})", "unreadable")
     if "Rows" not in ds:
         sop_class = ds.get("SOPClassUID") or ds.get("file_meta", {}).get("MediaStorageSOPClassUID")
         # a DICM marker over garbage parses to nothing usable: that is not DICOM either
-        return "DICOM without an image (e.g. SR, RT plan)" if sop_class else "not DICOM"
+        return SkipReason("DICOM without an image (e.g. SR, RT plan)", NoPixelDataError.code) if sop_class \
+            else NOT_DICOM
     study = str(ds.get("StudyInstanceUID", "") or "") or _derived_uid("study", path)
     series = str(ds.get("SeriesInstanceUID", "") or "") or _derived_uid("series", path)
     sop = str(ds.get("SOPInstanceUID", "") or "") or _derived_uid("sop", path)

@@ -39,6 +39,7 @@ class SubmitResult:
     jobs: list[SubmittedJob] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    scan_seconds: float = 0.0  # headers read, series planned and fingerprinted
 
     @property
     def queued(self) -> list[SubmittedJob]:
@@ -71,14 +72,17 @@ def plan(sources: list[str], dest: str, opts: ConvertOptions, priority: str = "n
 
 def submit(sources: list[str], dest: str, opts: ConvertOptions, *, priority: str = "normal",
            settings: Settings | None = None) -> SubmitResult:
-    """Enqueue every series not done and not in flight; Redis round trips are per series."""
+    """Enqueue every series not done and not in flight; Redis round trips are per series.
+    With ``pushgateway_url`` set, the run's figures are pushed at the end (`producer.metrics`)."""
     from workers.client import Enqueuer  # the only Celery import on this side
+
+    from .metrics import push
 
     started = time.perf_counter()
     s = settings or Settings.from_env()
     store = open_store(dest)
     messages, skipped = plan(sources, dest, opts, priority)
-    result = SubmitResult(skipped=skipped)
+    result = SubmitResult(skipped=skipped, scan_seconds=time.perf_counter() - started)
     ledger = Ledger(s)
     known = ledger.jobs([m.job_id for m, _ in messages])
     enqueuer = Enqueuer(s)
@@ -95,6 +99,7 @@ def submit(sources: list[str], dest: str, opts: ConvertOptions, *, priority: str
         enqueuer.enqueue(msg)
         result.jobs.append(SubmittedJob(msg.job_id, msg.prefix, len(msg.sources), "queued", queue))
     result.seconds = time.perf_counter() - started
+    push(result, s, priority=priority)
     return result
 
 

@@ -81,3 +81,26 @@ class BrokerError(Transient):
     """The job broker / state store (Redis) could not be reached."""
 
     code = "broker"
+
+
+def _codes() -> frozenset[str]:
+    found, todo = {"internal", "dead_letter"}, [DicomfleetError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.code)
+        todo.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+_known: frozenset[str] = frozenset()
+
+
+def reason_code(code: object) -> str:
+    """A label-safe reason for metrics: one of the error classes' codes, ``none`` when empty,
+    else ``other`` (never free text, so no PHI and no unbounded label values)."""
+    global _known
+    if not code:
+        return "none"
+    if code not in _known:
+        _known = _codes()  # an error class defined after the first call (e.g. a late import)
+    return code if code in _known else "other"

@@ -65,6 +65,8 @@ class Settings:
     retry_backoff_max: float = 30.0
     #: Prometheus metrics port of a worker (0 = no metrics server).
     metrics_port: int = 9808
+    #: Prometheus Pushgateway URL `dicomfleet submit` pushes its run's metrics to (empty = no push).
+    pushgateway_url: str = ""
 
     SECRETS = ("s3_access_key", "s3_secret_key")
 

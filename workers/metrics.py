@@ -57,7 +57,7 @@ if not getattr(values.ValueClass, "_multiprocess", False):
     values.ValueClass = values.get_value_class()
 
 from shared import __version__  # noqa: E402
-from shared.errors import DicomfleetError  # noqa: E402
+from shared.errors import reason_code  # noqa: E402,F401 (re-exported: label-safe reason codes)
 from shared.options import Format  # noqa: E402
 from shared.timing import STAGES  # noqa: E402
 
@@ -91,25 +91,6 @@ def families() -> set[str]:
     made = {m._name + ("_total" if m._type == "counter" else "") for m in vars(_metrics()).values()}
     return made | {"dicomfleet_broker_up", "dicomfleet_queue_depth", "dicomfleet_queue_oldest_age_seconds",
                    "dicomfleet_build_info"}
-
-
-@functools.cache
-def _codes() -> frozenset[str]:
-    found, todo = {"internal", "dead_letter"}, [DicomfleetError]
-    while todo:
-        cls = todo.pop()
-        found.add(cls.code)
-        todo.extend(cls.__subclasses__())
-    return frozenset(found)
-
-
-def reason_code(code: object) -> str:
-    """A label-safe reason: one of the error classes' codes, else ``other`` (never free text)."""
-    if not code:
-        return "none"
-    if code not in _codes():
-        _codes.cache_clear()  # an error class defined after the first call (e.g. a late import)
-    return code if code in _codes() else "other"
 
 
 def _format(name: object) -> str:
