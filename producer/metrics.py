@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client.core import GaugeMetricFamily
 
 from shared.errors import reason_code
 from shared.settings import Settings
@@ -22,29 +25,45 @@ OUTCOMES = {"queued": "queued", "already done": "already_done", "in flight": "in
 log = logging.getLogger(__name__)
 
 
+class _Run:
+    """A collector of one run's figures: metric families built at collect time, never the global
+    value classes (which `workers.metrics` may have switched to shared mmap files in this process)."""
+
+    def __init__(self, result, now: float | None) -> None:
+        self.result, self.now = result, now
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        r = self.result
+        yield GaugeMetricFamily("dicomfleet_producer_series", "Series found by the last submit", len(r.jobs))
+        jobs = GaugeMetricFamily("dicomfleet_producer_jobs", "Series jobs of the last submit by outcome",
+                                 labels=["outcome"])
+        by_outcome = Counter(OUTCOMES.get(j.outcome, "other") for j in r.jobs)
+        for label in sorted(set(OUTCOMES.values()) | set(by_outcome)):
+            jobs.add_metric([label], by_outcome[label])
+        yield jobs
+        files = GaugeMetricFamily("dicomfleet_producer_files_skipped",
+                                  "Files the last submit skipped, by reason code", labels=["reason"])
+        by_reason: Counter = Counter()
+        for reason, count in r.skipped.items():
+            by_reason[reason_code(getattr(reason, "code", None) or "other")] += count
+        for label, count in sorted(by_reason.items()):
+            files.add_metric([label], count)
+        yield files
+        yield GaugeMetricFamily("dicomfleet_producer_instances_queued",
+                                "Instances in the series jobs the last submit queued",
+                                sum(j.instances for j in r.queued))
+        yield GaugeMetricFamily("dicomfleet_producer_scan_seconds",
+                                "Seconds the last submit spent scanning headers", r.scan_seconds)
+        yield GaugeMetricFamily("dicomfleet_producer_duration_seconds", "Seconds the last submit took in all",
+                                r.seconds)
+        yield GaugeMetricFamily("dicomfleet_producer_last_success_timestamp_seconds",
+                                "Unix time the last submit finished", time.time() if self.now is None else self.now)
+
+
 def registry(result, *, now: float | None = None) -> CollectorRegistry:
     """One run's figures (a `producer.submit.SubmitResult`) in a registry of their own."""
-    reg = CollectorRegistry()
-
-    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return Gauge(name, doc, labels, registry=reg)
-
-    gauge("dicomfleet_producer_series", "Series found by the last submit").set(len(result.jobs))
-    jobs = gauge("dicomfleet_producer_jobs", "Series jobs of the last submit by outcome", ("outcome",))
-    for label in OUTCOMES.values():
-        jobs.labels(label).set(0)
-    for job in result.jobs:
-        jobs.labels(OUTCOMES.get(job.outcome, "other")).inc()
-    files = gauge("dicomfleet_producer_files_skipped", "Files the last submit skipped, by reason code", ("reason",))
-    for reason, count in result.skipped.items():
-        files.labels(reason_code(getattr(reason, "code", None) or "other")).inc(count)
-    gauge("dicomfleet_producer_instances_queued", "Instances in the series jobs the last submit queued").set(
-        sum(j.instances for j in result.queued))
-    gauge("dicomfleet_producer_scan_seconds", "Seconds the last submit spent scanning headers").set(
-        result.scan_seconds)
-    gauge("dicomfleet_producer_duration_seconds", "Seconds the last submit took in all").set(result.seconds)
-    gauge("dicomfleet_producer_last_success_timestamp_seconds", "Unix time the last submit finished").set(
-        time.time() if now is None else now)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Run(result, now))
     return reg
 
 
