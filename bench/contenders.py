@@ -7,7 +7,6 @@ as a ratio to it. Contenders whose tool is missing carry a ``skip`` reason inste
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys

@@ -28,7 +28,7 @@ from shared.options import ConvertOptions
 from shared.pixels.orientation import plan_display
 from shared.pixels.render import is_colour
 
-from .conftest import TEST_FILES, bundled, header, image_files
+from .conftest import bundled, header, image_files
 
 pytestmark = [
     pytest.mark.dcmtk,
