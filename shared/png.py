@@ -8,8 +8,9 @@ same pixels (tests/test_png.py).
 
 Why libdeflate and not the faster ISA-L: outputs must be byte-identical wherever they are made (a
 redelivered job rewrites the same bytes; fleet and local runs agree). libdeflate's output depends
-only on its version and the input; ISA-L picks CPU-specific code paths at run time whose valid
-streams differ, and a fleet test saw one differing IDAT byte between two processes.
+only on its version and the input. With ISA-L a fleet test saw one IDAT byte differ between a
+long-lived process and a fresh one on the same pixels (both valid; not reproduced in isolation,
+most likely ISA-L's run-time choice among CPU-specific code paths, which nodes of a fleet differ in).
 """
 from __future__ import annotations
 
