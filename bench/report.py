@@ -18,9 +18,9 @@ def machine() -> dict:
             model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
     except OSError:
         pass
-    from producer.local import default_workers
+    from shared.runtime import usable_cores
 
-    return {"nproc": default_workers(), "cpu": model, "kernel": platform.release(),
+    return {"nproc": usable_cores(), "cpu": model, "kernel": platform.release(),
             "python": sys.version.split()[0], "numpy": numpy.__version__,
             "opencv": cv2.__version__, "pydicom": pydicom.__version__}
 

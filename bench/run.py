@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from producer.local import default_workers
+from shared.runtime import usable_cores
 
 from . import data, report
 from .contenders import BENCH_ENV, REPO, Contender, contenders, dicomfleet_exe, has_deid
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3, help="runs per contender; the median is reported")
-    ap.add_argument("--workers", type=int, default=default_workers(),
+    ap.add_argument("--workers", type=int, default=usable_cores(),
                     help="N for the N-worker runs (default: cores)")
     ap.add_argument("--only", help="comma-separated words: time only contenders whose name holds one")
     ap.add_argument("--workdir", default=os.environ.get("DICOMFLEET_BENCH_DIR", "/tmp/dicomfleet-bench"))

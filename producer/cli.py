@@ -13,7 +13,9 @@ from shared.errors import ConfigError, DicomfleetError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
 from shared.quiet import silence_in_this_process
 
-from .local import RunSummary, default_workers, run_local
+from shared.runtime import usable_cores
+
+from .local import RunSummary, run_local
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Convert DICOM series to PNG, JPEG, TIFF and NumPy, verified, with a manifest.")
@@ -157,7 +159,7 @@ def convert(
     silence_in_this_process()  # decoders' own stderr (a Rust panic's text): the reasons say it
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        summary = run_local(sources, out, opts, workers=workers or default_workers(), progress=bar)
+        summary = run_local(sources, out, opts, workers=workers or usable_cores(), progress=bar)
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e
     except StorageError as e:  # an s3:// source or target that cannot be reached

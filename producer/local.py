@@ -1,7 +1,6 @@
 """`dicomfleet convert`: the whole chain on one machine, a process pool, files on disk."""
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -81,6 +80,3 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
     summary.seconds = time.perf_counter() - started
     return summary
 
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -17,8 +17,8 @@ from .dataset import decode_pixels, read_dataset
 from .deid import deidentify
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
-from .errors import DicomfleetError, Transient
-from .manifest import build_manifest, manifest_key
+from .errors import Transient, failure
+from .manifest import build_manifest, manifest_bytes, manifest_key
 from .metadata import embedded_fields, jpeg_with_metadata, png_with_metadata, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
@@ -182,11 +182,8 @@ def convert_instance(task: dict) -> dict:
             record["outputs"].append(entry)
     except Transient:
         raise
-    except DicomfleetError as err:
-        record["error"] = {"code": err.code, "reason": str(err)}
-    except Exception as err:  # a bug of ours must cost one instance, never the worker or series
-        reason = " ".join(str(err).split())[:200]
-        record["error"] = {"code": "internal", "reason": f"internal error ({type(err).__name__}: {reason})"}
+    except Exception as err:  # bad input, or a bug of ours: costs one instance, never the series
+        record["error"] = failure(err)
     record["seconds"] = round(time.perf_counter() - started, 4)
     record["stages"] = clock.rounded()
     return record
@@ -224,9 +221,3 @@ def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Ite
     manifest = build_manifest(job.prefix, records, job.options, series=series)
     store.write(manifest_key(job.prefix), manifest_bytes(manifest))
     return manifest
-
-
-def manifest_bytes(manifest: dict) -> bytes:
-    import json
-
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()

@@ -104,3 +104,12 @@ def reason_code(code: object) -> str:
     if code not in _known:
         _known = _codes()  # an error class defined after the first call (e.g. a late import)
     return code if code in _known else "other"
+
+
+def failure(err: Exception) -> dict:
+    """The recorded form of a failure: our errors keep their code and reason; anything else is a
+    bug of ours, recorded as ``internal`` with a one-line reason instead of a traceback."""
+    if isinstance(err, DicomfleetError):
+        return {"code": err.code, "reason": str(err)}
+    reason = " ".join(str(err).split())[:200]
+    return {"code": "internal", "reason": f"internal error ({type(err).__name__}: {reason})"}

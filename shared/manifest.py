@@ -4,6 +4,8 @@ Deterministic: no timestamps or host names, so a re-run writes the same bytes to
 """
 from __future__ import annotations
 
+import json
+
 from . import __version__
 from .deid import manifest_entry
 from .options import ConvertOptions
@@ -11,6 +13,11 @@ from .options import ConvertOptions
 SCHEMA = 1
 #: Record fields that vary run to run (timings): kept out so manifests are byte-identical.
 VOLATILE = frozenset({"seconds", "stages"})
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """Canonical JSON (sorted keys, fixed indent): the same manifest is always the same bytes."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
 def manifest_key(prefix: str) -> str:

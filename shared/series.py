@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from .dataset import decode_pixels, read_dataset, read_header
 from .deid import deidentify
 from .deid.burned_in import mask_regions
-from .errors import DicomfleetError, Transient, VerificationError
+from .errors import Transient, VerificationError, failure
 from .metadata import embedded_fields, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels.orientation import frame_position
@@ -77,12 +77,8 @@ def series_outputs(job, records: list[dict], store: Store) -> tuple[list[dict], 
             outputs += step(job, records, ok, store)
         except Transient:
             raise
-        except DicomfleetError as err:
-            errors.append({"output": name, "code": err.code, "reason": str(err)})
-        except Exception as err:  # a bug of ours costs this output, never the series' manifest
-            reason = " ".join(str(err).split())[:200]
-            errors.append({"output": name, "code": "internal",
-                           "reason": f"internal error ({type(err).__name__}: {reason})"})
+        except Exception as err:  # bad input, or a bug of ours: costs this output, never the manifest
+            errors.append({"output": name, **failure(err)})
     return outputs, errors
 
 

@@ -4,7 +4,6 @@ Retries, failures and redelivery bounds are `policy.series_task`'s business, not
 """
 from __future__ import annotations
 
-import os
 
 from celery.signals import worker_shutting_down
 
@@ -12,6 +11,8 @@ from shared.chain import convert_series
 from shared.jobs import SeriesMessage
 
 from . import metrics
+from shared.runtime import usable_cores
+
 from .celery_app import SERIES_TASK, app
 from .policy import series_task, settings
 from .pool import InstancePool, request_shutdown
@@ -23,7 +24,7 @@ def instance_pool() -> InstancePool:
     """This worker's processes (DICOMFLEET_WORKER_CONCURRENCY, default one per core)."""
     global _pool
     if _pool is None:
-        _pool = InstancePool(settings().worker_concurrency or len(os.sched_getaffinity(0)))
+        _pool = InstancePool(settings().worker_concurrency or usable_cores())
     return _pool
 
 
