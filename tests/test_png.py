@@ -175,6 +175,30 @@ def test_check_png_accepts_every_case_and_names_what_is_wrong():
     assert png.check_png(b"GIF89a", img) == "no PNG signature"
 
 
+def _with_idat(buf: bytes, stream: bytes) -> bytes:
+    """``buf`` with its IDAT payload replaced by ``stream`` (length and CRC made valid)."""
+    pos = buf.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", buf[pos:pos + 4])
+    body = b"IDAT" + stream
+    return buf[:pos] + struct.pack(">I", len(stream)) + body + \
+        struct.pack(">I", zlib.crc32(body)) + buf[pos + 12 + length:]
+
+
+def test_check_png_refuses_streams_of_the_wrong_length_or_checksum():
+    """Valid chunks around a zlib stream that is short, long or fails its Adler-32."""
+    img = CASES["grey8 noise"]
+    rows = png.filtered_rows(img).tobytes()
+    good = png.encode_png(img)
+    assert png.check_png(_with_idat(good, zlib.compress(rows)), img) is None  # any valid stream
+    short = png.check_png(_with_idat(good, zlib.compress(rows[:-1])), img)
+    assert short == f"IDAT inflates to {len(rows) - 1} bytes, not {len(rows)}"
+    long = png.check_png(_with_idat(good, zlib.compress(rows + b"\0")), img)
+    assert long == f"IDAT does not inflate to {len(rows)} bytes (Decompression failed)"
+    stream = bytearray(zlib.compress(rows))
+    stream[-1] ^= 0x01  # the Adler-32 of the rows
+    assert png.check_png(_with_idat(good, bytes(stream)), img).startswith("IDAT does not inflate")
+
+
 def test_verify_lossless_refuses_a_png_that_does_not_hold_the_pixels():
     from shared.errors import VerificationError
     from shared.verify import verify_lossless
