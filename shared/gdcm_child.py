@@ -13,9 +13,12 @@ import signal
 import subprocess
 import sys
 
+from importlib.util import find_spec
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders import gdcm as gdcm_plugin
 from pydicom.uid import AllTransferSyntaxes
 
 _PLUGIN = "gdcm"
@@ -36,8 +39,11 @@ np.save(sys.stdout.buffer, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def _take_gdcm_out_of_process() -> frozenset[str]:
-    """Remove GDCM from pydicom's in-process decoders; the transfer syntaxes it served."""
-    served = set()
+    """Remove GDCM from pydicom's in-process decoders; the transfer syntaxes the child serves.
+
+    Usually GDCM was never loaded here (``shared/__init__.py`` marks it absent), so what it
+    serves is pydicom's own table for its GDCM plugin, when python-gdcm is installed."""
+    served = set(gdcm_plugin.DECODER_DEPENDENCIES) if find_spec("_gdcm") is not None else set()
     for uid in AllTransferSyntaxes:
         try:
             decoder = get_decoder(uid)
@@ -46,7 +52,7 @@ def _take_gdcm_out_of_process() -> frozenset[str]:
         if _PLUGIN in decoder.available_plugins:
             decoder.remove_plugin(_PLUGIN)
             served.add(str(uid))
-    return frozenset(served)
+    return frozenset(str(uid) for uid in served)
 
 
 #: transfer syntaxes the child can try (empty when python-gdcm is not installed)

@@ -231,6 +231,19 @@ def test_gdcm_runs_out_of_process():
     assert len(GDCM_SYNTAXES) == 8
 
 
+def test_gdcm_is_never_loaded_in_process():
+    """Importing the chain leaves GDCM's SWIG module unloaded (~50 ms of start-up; no in-process use)."""
+    import ast
+    import subprocess
+    import sys
+
+    probe = "import sys, shared.chain; print(sorted(m for m in sys.modules if 'gdcm' in m.lower()))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(done.stdout)
+    assert loaded and all(not m.startswith("_gdcm") for m in loaded), loaded
+    assert "gdcm" in loaded  # marked absent, not missing: pydicom sees no GDCM
+
+
 def test_corrupt_jpeg_that_aborts_gdcm_costs_one_instance():
     data = bytearray(bundled("SC_rgb_jpeg_dcmtk.dcm").read_bytes())
     for pos, value in GDCM_ABORT.items():
