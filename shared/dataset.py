@@ -164,19 +164,48 @@ class _NoOverread:
         return getattr(self._fp, name)
 
 
-def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
-    """Read only the attributes needed to group and order instances (no pixel data).
+#: Bytes of a source read in one piece for its header. A CT header is 1–8 KiB; parsing it from
+#: memory is ~0.2 ms quicker than from a file element by element (0.4 vs 0.6 ms a file).
+HEADER_PREFIX = 64 * 1024
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float, little and big endian:
+#: where a header parse stops when the whole header was in the prefix.
+_PIXEL_TAG_BYTES = frozenset(struct.pack(order, 0x7FE0, elem) for order in ("<HH", ">HH")
+                             for elem in (0x0010, 0x0008, 0x0009))
 
-    Values longer than 64 KiB are skipped and dropped (none of the header attributes is that
-    long), so neither reading nor a later access allocates what a hostile header declares; a
-    deflated dataset that inflates past the pixel budget's bytes is refused (PixelBudgetError)."""
-    ds = _read(_NoOverread(fp, inflate_limit(max_pixels)), stop_before_pixels=True,
-               specific_tags=list(HEADER_TAGS), defer_size=_HEADER_VALUE_LIMIT)
+
+def _parse_header(fp: BinaryIO) -> Dataset:
+    ds = _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=_HEADER_VALUE_LIMIT)
     for tag in list(ds.keys()):
         elem = ds.get_item(tag, keep_deferred=True)
         if elem.value is None and getattr(elem, "length", 0) > _HEADER_VALUE_LIMIT:
             del ds[tag]
     return ds
+
+
+def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Read only the attributes needed to group and order instances (no pixel data).
+
+    Values longer than 64 KiB are skipped and dropped (none of the header attributes is that
+    long), so neither reading nor a later access allocates what a hostile header declares; a
+    deflated dataset that inflates past the pixel budget's bytes is refused (PixelBudgetError).
+
+    The first ``HEADER_PREFIX`` bytes are read at once (one ranged GET on S3) and parsed in
+    memory; only a header that does not end within them is read again from the file itself."""
+    start = fp.tell()
+    head = fp.read(HEADER_PREFIX)
+    whole = len(head) < HEADER_PREFIX
+    if not _may_be_deflated(head):
+        buf = io.BytesIO(head)  # reads past its end come back short: nothing over-allocates
+        try:
+            ds = _parse_header(buf)
+        except (NotDicomError, InvalidDicomError):
+            if whole:  # the whole file was parsed: the reason stands
+                raise
+        else:
+            if whole or head[buf.tell():buf.tell() + 4] in _PIXEL_TAG_BYTES:
+                return ds
+    fp.seek(start)
+    return _parse_header(_NoOverread(fp, inflate_limit(max_pixels)))
 
 
 def read_dataset(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:

@@ -1,0 +1,71 @@
+"""shared.dataset.read_header: the header from one prefix read, and from the file when it is longer."""
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from shared.dataset import HEADER_PREFIX, HEADER_TAGS, read_header
+from shared.errors import NotDicomError
+from tests.synthetic import write_series
+
+
+class CountingReader(io.BytesIO):
+    """A file that counts the bytes asked of it: one prefix read, or more."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(n)
+
+
+def _values(ds) -> dict:
+    return {k: ds.get(k) for k in HEADER_TAGS}
+
+
+def _with_private_block(path, size: int) -> bytes:
+    """The file with a ``size``-byte private OB element before its pixel data."""
+    ds = pydicom.dcmread(path)
+    ds.private_block(0x0009, "dicomfleet test", create=True).add_new(0x01, "OB", b"\x01" * size)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ct_slice(tmp_path_factory):
+    return write_series(tmp_path_factory.mktemp("ct"), slices=1, size=64)[0]
+
+
+def test_a_header_within_the_prefix_is_parsed_from_it(ct_slice):
+    data = _with_private_block(ct_slice, 40_000)
+    assert len(data) < HEADER_PREFIX
+    fh = CountingReader(data)
+    assert _values(read_header(fh)) == _values(pydicom.dcmread(io.BytesIO(data)))
+    assert fh.reads == 1
+
+
+@pytest.mark.parametrize("private", [HEADER_PREFIX, 3 * HEADER_PREFIX])
+def test_a_header_longer_than_the_prefix_is_read_from_the_file(ct_slice, private):
+    data = _with_private_block(ct_slice, private)
+    fh = CountingReader(data)
+    ds = read_header(fh)
+    assert _values(ds) == _values(pydicom.dcmread(io.BytesIO(data)))
+    assert ds.Rows == 64 and fh.reads > 1
+    assert (0x0009, 0x1001) not in ds  # not a header attribute: never read
+
+
+def test_big_endian_and_small_files_stop_at_their_pixel_data():
+    for name in ("MR_small_bigendian.dcm", "CT_small.dcm", "rtplan.dcm"):
+        data = open(get_testdata_file(name), "rb").read()
+        assert _values(read_header(io.BytesIO(data))) == _values(pydicom.dcmread(io.BytesIO(data)))
+
+
+def test_garbage_longer_than_the_prefix_is_still_not_dicom():
+    with pytest.raises(NotDicomError):
+        read_header(io.BytesIO(bytes(range(256)) * (HEADER_PREFIX // 128)))
