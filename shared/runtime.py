@@ -11,7 +11,6 @@ Two costs outside our code dominated a 512² slice on the benchmark machine (doc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 #: mallopt parameters (glibc malloc.h).
@@ -24,9 +23,8 @@ _done = False
 
 def _glibc_mallopt(param: int, value: int) -> bool:
     """mallopt when the C library is glibc; False elsewhere (musl, macOS), where it is a no-op."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols: no ``find_library``, which runs ldconfig (~3 ms)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
