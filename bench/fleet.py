@@ -1,4 +1,5 @@
-"""The fleet path in `make bench`: producer → Redis → one `dicomfleet worker` → S3 server (moto).
+"""The fleet path in `make bench`: producer → Redis → one `dicomfleet worker` → S3 server (moto's,
+served by `producer.s3server`).
 
 ``producer.fleetrun.measure`` starts the S3 server and a worker with N pool processes, waits until
 they are ready, then times submit → every job done; it prints that time as JSON. The harness takes
@@ -8,10 +9,8 @@ those also count the S3 server and the worker's start-up.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import socket
 import sys
-from pathlib import Path
 
 from .contenders import Contender
 
@@ -20,8 +19,10 @@ def _missing() -> str | None:
     """Why the fleet cannot run here, or None."""
     if importlib.util.find_spec("producer.fleetrun") is None:
         return "fleet path not built yet (no producer.fleetrun)"
-    if not (shutil.which("moto_server") or Path(sys.executable).with_name("moto_server").exists()):
-        return "moto_server (the S3 server of the tests) not installed"
+    from producer.s3server import missing
+
+    if why := missing():
+        return why
     try:
         with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
             pass

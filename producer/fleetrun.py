@@ -1,14 +1,13 @@
 """A whole fleet on this machine: an S3 server, Redis queues under a unique prefix, worker processes.
 
 Used by the integration tests and by `make bench` (`measure`): producer → Redis → workers → S3,
-with real processes. The S3 server is moto's standalone ``moto_server`` (MinIO's binary is not
-installable here); the code talks to it with the ``minio`` SDK exactly as to MinIO.
+with real processes. The S3 server is moto's S3 server on loopback (MinIO's binary is not installable
+here), served by `producer.s3server`; the code talks to it with the ``minio`` SDK exactly as to MinIO.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +41,8 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) 
 
 
 class S3Server:
-    """``moto_server`` on a loopback port; `stop`/`start` keep the port (moto keeps no state)."""
+    """moto's S3 server (`producer.s3server`) on a loopback port; `stop`/`start` keep the port
+    (moto keeps no state)."""
 
     def __init__(self, port: int | None = None, log_dir: str | None = None) -> None:
         self.port = port or free_port()
@@ -51,10 +51,10 @@ class S3Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "S3Server":
-        exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "producer.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_port(self.port, 20, self.proc)
         return self
 

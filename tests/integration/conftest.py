@@ -1,17 +1,18 @@
-"""Real parts for the fleet tests: moto_server on a free loopback port, Redis at 127.0.0.1:6379
-(DB 0, every test with its own queue names and key prefix), real `dicomfleet worker` processes."""
+"""Real parts for the fleet tests: moto's S3 server (producer.s3server) on a free loopback port,
+Redis at 127.0.0.1:6379 (DB 0, every test with its own queue names and key prefix), real
+`dicomfleet worker` processes."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 import redis
 
+from producer import s3server
 from producer.fleetrun import S3Server, Worker, apply_env, fleet_env
 from shared.ledger import Ledger
 from shared.settings import Settings
@@ -33,8 +34,8 @@ def _redis_up() -> bool:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    if shutil.which("moto_server") is None and not (Path(os.sys.executable).parent / "moto_server").exists():
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
+    if why := s3server.missing():
+        pytest.fail(why)
     if not _redis_up():
         pytest.fail("no Redis answers on 127.0.0.1:6379 (scripts/test-deps.sh starts one)")
     server = S3Server(log_dir=str(tmp_path_factory.mktemp("moto"))).start()
