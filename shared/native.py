@@ -47,5 +47,7 @@ def native_pixels(ds: Dataset) -> np.ndarray | None:
     shift = bits - stored
     if shift == 0:
         return view.reshape(shape).copy()
+    if sign == 0:  # unsigned: masking the unused high bits is one pass, and it makes the copy
+        return np.bitwise_and(view, dtype.type((1 << stored) - 1)).reshape(shape)
     arr = np.left_shift(view, shift).reshape(shape)  # a new array: the copy and half the fix
     return np.right_shift(arr, shift, out=arr)  # arithmetic for signed: the sign bit extends
