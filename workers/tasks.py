@@ -9,6 +9,7 @@ from celery.signals import worker_shutting_down
 
 from shared.chain import convert_series
 from shared.jobs import SeriesMessage
+from shared.store import preload_s3
 
 from . import metrics
 from shared.runtime import usable_cores
@@ -36,6 +37,7 @@ def convert_series_task(message: SeriesMessage) -> dict:
 
 
 metrics.install(app, settings())  # /metrics, /healthz, /readyz on DICOMFLEET_METRICS_PORT
+preload_s3()  # the pool's processes are forked from this one
 
 
 @worker_shutting_down.connect
