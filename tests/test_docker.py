@@ -16,7 +16,6 @@ from pathlib import Path
 
 import dockerfile
 import pytest
-import typer
 import yaml
 
 from producer.cli import app as cli_app
@@ -53,7 +52,7 @@ def build_args() -> dict[str, str]:
 
 
 def subcommands() -> set[str]:
-    return set(typer.main.get_command(cli_app).commands)
+    return set(cli_app.commands)
 
 
 def test_dockerfile_parses_and_hadolint_is_clean():

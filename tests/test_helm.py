@@ -13,7 +13,6 @@ from pathlib import Path
 
 import helm_python as helm
 import pytest
-import typer
 import yaml
 
 from producer.cli import app as cli_app
@@ -351,7 +350,7 @@ def test_chart_secret_is_kept_and_existing_secrets_are_referenced(default, produ
 # --- producer --------------------------------------------------------------------------------
 
 def test_producer_cronjob_and_job_run_submit_with_options_the_cli_has(production, evaluation):
-    submit = typer.main.get_command(cli_app).commands["submit"]
+    submit = cli_app.commands["submit"]
     flags = {opt for p in submit.params for opt in p.opts}
     cron = production.get("CronJob", f"{FULLNAME}-producer")
     assert (cron["spec"]["schedule"], cron["spec"]["timeZone"], cron["spec"]["concurrencyPolicy"]) == (

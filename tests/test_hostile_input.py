@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_frames
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from producer.scan import read_instance

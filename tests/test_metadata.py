@@ -12,7 +12,7 @@ import pikepdf
 import pytest
 import tifffile
 from PIL import Image
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 

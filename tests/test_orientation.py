@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from shared.chain import convert_dataset

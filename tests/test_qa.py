@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from shared.qa import GAIN, _BAND, _GUTTER, sample

@@ -15,7 +15,7 @@ import pikepdf
 import pydicom
 import pytest
 from PIL import ImageCms, ImageFont
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from shared.font import FIRST_CODE, font_path

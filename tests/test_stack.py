@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from shared.errors import ConfigError

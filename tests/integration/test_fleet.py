@@ -133,7 +133,7 @@ def queued_message(fleet) -> dict:
 def test_submit_command_takes_the_same_conversion_flags_as_convert(fleet, ct50):
     """`dicomfleet submit` puts the de-identification and display flags into the job exactly as
     `convert` would build them (one flag set for both commands)."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from producer.cli import app, conversion_options
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from producer.cli import app
 from producer.fleetrun import free_port
