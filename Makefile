@@ -25,7 +25,10 @@ test: $(STAMP)
 	bash scripts/test-deps.sh
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
+# Bytecode as an installed package has it: with PYTHONDONTWRITEBYTECODE set (as on the CI
+# machines), an editable install would otherwise compile the project's modules in every run.
 bench: $(STAMP)
+	$(PY) -m compileall -q shared producer workers bench
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
