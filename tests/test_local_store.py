@@ -1,0 +1,58 @@
+"""shared.store.LocalStore: atomic writes, directories made on demand, clear errors."""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+
+import pytest
+
+from shared.errors import StorageError
+from shared.store import LocalStore
+
+
+def test_write_makes_directories_and_leaves_no_temp_files(tmp_path):
+    store = LocalStore(tmp_path / "out")
+    store.write("a/b/0001.png", b"one")
+    store.write("a/b/0001.png", b"two")  # rewritten in place, as a redelivery does
+    store.write("a/c/0002.png", b"three")
+    assert (tmp_path / "out/a/b/0001.png").read_bytes() == b"two"
+    assert sorted(store.list()) == ["a/b/0001.png", "a/c/0002.png"]
+    assert [p.name for p in (tmp_path / "out").rglob(".tmp-*")] == []
+
+
+def test_a_directory_removed_between_writes_is_made_again(tmp_path):
+    store = LocalStore(tmp_path)
+    store.write("s/1.png", b"x")
+    (tmp_path / "s/1.png").unlink()
+    (tmp_path / "s").rmdir()
+    store.write("s/2.png", b"y")
+    assert (tmp_path / "s/2.png").read_bytes() == b"y"
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        LocalStore(tmp_path).write("k.png", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "k.png").stat().st_mode) == 0o644
+
+
+def test_concurrent_writers_of_one_key_leave_one_whole_file(tmp_path):
+    store = LocalStore(tmp_path)
+    payloads = [bytes([i]) * 100_000 for i in range(8)]
+    threads = [threading.Thread(target=store.write, args=("same.png", p)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (tmp_path / "same.png").read_bytes() in payloads
+    assert list(tmp_path.glob(".tmp-*")) == []
+
+
+def test_a_write_that_fails_says_which_key_and_cleans_up(tmp_path):
+    (tmp_path / "file").write_bytes(b"")  # a file where a directory is needed
+    with pytest.raises(StorageError, match=r"^cannot write file/x.png: Not a directory$"):
+        LocalStore(tmp_path).write("file/x.png", b"x")
+    assert list(tmp_path.glob("**/.tmp-*")) == []
