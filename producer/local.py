@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -12,6 +13,14 @@ from shared.options import ConvertOptions
 from shared.store import is_s3
 
 from .scan import Series, scan
+
+
+MapFn = Callable[[Callable, list], Iterable]
+
+
+def pool_map(pool: ProcessPoolExecutor, processes: int) -> MapFn:
+    """``map`` over the pool in small chunks: even load, IPC amortised over a few items."""
+    return lambda fn, items: pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * processes))))
 
 
 def series_prefix(series: Series, opts: ConvertOptions) -> str:
@@ -46,10 +55,9 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
     started = time.perf_counter()
     summary = RunSummary()
     with ExitStack() as stack:
-        map_fn = map
+        map_fn: MapFn = map
         if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
-            map_fn = lambda fn, items: pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * workers))))  # noqa: E731
+            map_fn = pool_map(stack.enter_context(ProcessPoolExecutor(max_workers=workers)), workers)
         # headers are read over the pool too (local files: S3 clients are not shared across fork)
         local = all(not is_s3(src) for src in sources)
         found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map)

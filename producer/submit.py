@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,9 +19,10 @@ from shared.jobs import SeriesMessage, job_id, manifest_complete
 from shared.ledger import TERMINAL, Ledger
 from shared.options import ConvertOptions
 from shared.settings import Settings
-from shared.store import Store, open_store, source_fingerprints
+from shared.runtime import usable_cores
+from shared.store import Store, is_s3, open_store, source_fingerprints
 
-from .local import series_prefix
+from .local import MapFn, pool_map, series_prefix
 from .scan import scan
 
 IN_FLIGHT = ("queued", "running", "retrying")
@@ -57,14 +60,17 @@ def _done_at_target(store: Store, msg: SeriesMessage, fingerprints: list[str]) -
     return manifest_complete(manifest, msg, fingerprints)
 
 
-def plan(sources: list[str], dest: str, opts: ConvertOptions, priority: str = "normal") -> tuple[list[tuple[SeriesMessage, list[str]]], Counter]:
-    """One message per series found under the sources, with its sources' fingerprints."""
-    found = scan(sources, max_pixels=opts.max_pixels)
+def plan(sources: list[str], dest: str, opts: ConvertOptions, priority: str = "normal",
+         *, map_fn: MapFn = map) -> tuple[list[tuple[SeriesMessage, list[str]]], Counter]:
+    """One message per series found under the sources, with its sources' fingerprints.
+    ``map_fn``: how headers are read and local files hashed, e.g. over a process pool."""
+    found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn)
     messages = []
     for series in found.series:
         prefix = series_prefix(series, opts)
         refs = [i.source for i in series.instances]
-        fps = source_fingerprints(refs)
+        fps = [fp for chunk in map_fn(source_fingerprints, [refs[i:i + 16] for i in range(0, len(refs), 16)])
+               for fp in chunk]
         messages.append((SeriesMessage(job_id(prefix, dest, fps, opts), prefix, dest, tuple(refs), opts,
                                        priority), fps))
     return messages, found.skipped
@@ -81,7 +87,12 @@ def submit(sources: list[str], dest: str, opts: ConvertOptions, *, priority: str
     started = time.perf_counter()
     s = settings or Settings.from_env()
     store = open_store(dest)
-    messages, skipped = plan(sources, dest, opts, priority)
+    with ExitStack() as stack:
+        map_fn: MapFn = map
+        cores = usable_cores()
+        if cores > 1 and not any(is_s3(src) for src in sources):  # S3 clients are not shared across fork
+            map_fn = pool_map(stack.enter_context(ProcessPoolExecutor(cores)), cores)
+        messages, skipped = plan(sources, dest, opts, priority, map_fn=map_fn)
     result = SubmitResult(skipped=skipped, scan_seconds=time.perf_counter() - started)
     ledger = Ledger(s)
     known = ledger.jobs([m.job_id for m, _ in messages])
