@@ -32,8 +32,15 @@ def _missing() -> str | None:
 
 
 def contenders(workers: int) -> list[Contender]:
+    """The fleet with 1 and N worker processes, and the local chain with N processes writing to
+    the same kind of S3 server on the same clock: fleet ÷ that is the queue's own overhead, apart
+    from the S3 test server's cost (a Python server on the cores the chain runs on)."""
     skip = _missing()
-    return [Contender(f"fleet png w{n}", "fleet",
-                      lambda i, o, n=n: [sys.executable, "-m", "producer.fleetrun", i, str(n)],
-                      "png", workers=n, floor="floor png", skip=skip, self_timed=True)
-            for n in sorted({1, workers})]
+    fleet = [Contender(f"fleet png w{n}", "fleet",
+                       lambda i, o, n=n: [sys.executable, "-m", "producer.fleetrun", i, str(n)],
+                       "png", workers=n, floor="floor png", skip=skip, self_timed=True)
+             for n in sorted({1, workers})]
+    local_s3 = Contender(f"convert png w{workers} [s3]", "fleet",
+                         lambda i, o: [sys.executable, "-m", "producer.fleetrun", i, str(workers), "--local"],
+                         "png", workers=workers, floor="floor png", skip=skip, self_timed=True)
+    return fleet + [local_s3]

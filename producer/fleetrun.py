@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: env of a fleet: DICOMFLEET_* names only (see shared/settings.py)
@@ -170,6 +172,22 @@ def apply_env(env: Env) -> None:
     store.open_store.cache_clear()
 
 
+@contextmanager
+def pointed_at(env: Env) -> Iterator[None]:
+    """This process pointed at a fleet for the block, its own environment restored after."""
+    previous = {k: os.environ.get(k) for k in env}
+    try:
+        apply_env(env)
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        apply_env({})
+
+
 def measure(src: str, *, workers: int = 2, formats: tuple[str, ...] = ("png",), deid: bool = False,
             timeout: float = 600) -> dict:
     """Run producer → Redis → one worker with ``workers`` processes → S3 on a directory.
@@ -185,26 +203,19 @@ def measure(src: str, *, workers: int = 2, formats: tuple[str, ...] = ("png",), 
 
     s3 = S3Server().start()
     env = fleet_env(s3, visibility_timeout=max(600, int(timeout)))
-    previous = {k: os.environ.get(k) for k in env}
     worker = Worker(env, concurrency=workers)
     try:
-        apply_env(env)
-        bucket = s3.make_bucket(f"bench-{uuid.uuid4().hex[:8]}")
-        worker.start()
-        opts = ConvertOptions(formats=formats, deid=deid)
-        started = time.perf_counter()
-        result = submit([src], f"s3://{bucket}/out", opts)
-        records = wait([j.job_id for j in result.jobs], timeout=timeout, poll=0.05)
-        seconds = time.perf_counter() - started
+        with pointed_at(env):
+            bucket = s3.make_bucket(f"bench-{uuid.uuid4().hex[:8]}")
+            worker.start()
+            opts = ConvertOptions(formats=formats, deid=deid)
+            started = time.perf_counter()
+            result = submit([src], f"s3://{bucket}/out", opts)
+            records = wait([j.job_id for j in result.jobs], timeout=timeout, poll=0.05)
+            seconds = time.perf_counter() - started
     finally:
         worker.stop()
         s3.stop()
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        apply_env({})
     slices = sum(int(r.get("instances", 0)) for r in records.values())
     failed = [r.get("reason") for r in records.values() if r.get("state") != "done"]
     if failed:
@@ -212,7 +223,33 @@ def measure(src: str, *, workers: int = 2, formats: tuple[str, ...] = ("png",), 
     return {"slices": slices, "seconds": seconds, "slices_per_s": slices / seconds, "workers": workers}
 
 
-if __name__ == "__main__":  # python -m producer.fleetrun DIR [WORKERS]
+def measure_local(src: str, *, workers: int = 2, formats: tuple[str, ...] = ("png",), deid: bool = False) -> dict:
+    """The local `convert` chain (scan, pool, manifest) writing to the same kind of S3 server as
+    `measure`, on the same clock (from the scan to the last manifest; interpreter and server start
+    excluded): beside `measure` it separates the queue's cost from the S3 server's."""
+    from shared.options import ConvertOptions
+
+    from .local import run_local
+
+    s3 = S3Server().start()
+    try:
+        with pointed_at(fleet_env(s3)):
+            bucket = s3.make_bucket(f"bench-{uuid.uuid4().hex[:8]}")
+            opts = ConvertOptions(formats=formats, deid=deid)
+            started = time.perf_counter()
+            summary = run_local([src], f"s3://{bucket}/out", opts, workers=workers)
+            seconds = time.perf_counter() - started
+    finally:
+        s3.stop()
+    if summary.failures:
+        raise RuntimeError(f"local run to S3 failed: {summary.failures[0][2]}")
+    return {"slices": summary.converted, "seconds": seconds, "slices_per_s": summary.converted / seconds,
+            "workers": workers}
+
+
+if __name__ == "__main__":  # python -m producer.fleetrun DIR [WORKERS] [--local]
     import json
 
-    print(json.dumps(measure(sys.argv[1], workers=int(sys.argv[2]) if len(sys.argv) > 2 else 2)))
+    n = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 2
+    run = measure_local if "--local" in sys.argv[2:] else measure
+    print(json.dumps(run(sys.argv[1], workers=n)))

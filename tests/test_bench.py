@@ -87,20 +87,22 @@ def test_targets_are_ratios_of_medians():
 def test_targets_for_deid_startup_and_fleet():
     rows = {name: {"name": name, "ok": True, "wall_s": wall} for name, wall in
             {"floor png": 1.0, "convert png w1": 1.2, "convert png w1 deid": 1.26, "convert png w2": 0.8,
-             "fleet png w1": 1.0, "fleet png w2": 0.55}.items()}
+             "fleet png w1": 1.0, "fleet png w2": 0.55, "convert png w2 [s3]": 0.5}.items()}
     got = {(c["issue"], c["target"]): (c["value"], c["met"]) for c in report.targets(rows, 2, startup=0.4)}
     assert got[(3, "png w1 deid wall ÷ png w1 (de-id adds ≤ 10%)")] == (1.05, True)
     assert got[(6, "png speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.5, False)
     assert got[(6, "  same, start-up (0.40 s) excluded")] == (2.0, True)  # (1.2-0.4)/(0.8-0.4)
-    assert got[(6, "fleet speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.818, True)
-    assert got[(6, "fleet png w2 ÷ png w2 without start-up (overhead < 20%)")] == (1.375, False)
+    assert got[(4, "fleet speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.818, True)
+    assert got[(4, "fleet png w2 ÷ png w2 without start-up (overhead < 20%)")] == (1.375, False)
+    assert got[(4, "  same, local also to the S3 server: the queue's own overhead")] == (1.1, True)
 
 
 def test_every_contender_has_a_floor_and_missing_tools_skip():
     every = contenders(2, install_peers=False)
     names = {c.name for c in every}
     assert {"floor png", "convert png w1", "convert png w2", "convert png+tiff w2",
-            "convert png w1 [j2k]", "dcmj2pnm per file", "fleet png w1", "fleet png w2"} <= names
+            "convert png w1 [j2k]", "dcmj2pnm per file", "fleet png w1", "fleet png w2",
+            "convert png w2 [s3]"} <= names
     for c in every:
         assert c.floor in names, c.name
     fleet = next(c for c in every if c.group == "fleet")
