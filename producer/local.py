@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from shared.chain import SeriesJob, convert_series
+from shared.chain import SeriesJob, chunk_size, convert_series
 from shared.options import ConvertOptions
 from shared.store import is_s3
 
@@ -20,7 +20,7 @@ MapFn = Callable[[Callable, list], Iterable]
 
 def pool_map(pool: ProcessPoolExecutor, processes: int) -> MapFn:
     """``map`` over the pool in small chunks: even load, IPC amortised over a few items."""
-    return lambda fn, items: pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * processes))))
+    return lambda fn, items: pool.map(fn, items, chunksize=chunk_size(len(items), processes))
 
 
 def series_prefix(series: Series, opts: ConvertOptions) -> str:
@@ -56,8 +56,10 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
     summary = RunSummary()
     with ExitStack() as stack:
         map_fn: MapFn = map
+        series_map: MapFn = map  # convert_series hands it chunks of instances: one per pool task
         if workers > 1:
-            map_fn = pool_map(stack.enter_context(ProcessPoolExecutor(max_workers=workers)), workers)
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            map_fn, series_map = pool_map(pool, workers), pool.map
         # headers are read over the pool too (local files: S3 clients are not shared across fork)
         local = all(not is_s3(src) for src in sources)
         found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map)
@@ -82,7 +84,7 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
                 if progress is not None:
                     progress.advance()
 
-            manifest = convert_series(job, map_fn=map_fn, on_record=on_record)
+            manifest = convert_series(job, map_fn=series_map, processes=workers, on_record=on_record)
             summary.series_failures += [(prefix, e["output"], e["reason"]) for e in manifest.get("series_errors", [])]
             summary.series += 1
     summary.seconds = time.perf_counter() - started

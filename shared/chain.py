@@ -1,13 +1,15 @@
 """The conversion chain for one instance and for one series (DESIGN.md, "The chain").
 
 `convert_dataset` is pure (dataset in, encoded outputs out). `convert_instance` adds the I/O edges
-(read the source, write outputs) and returns a JSON record; `convert_series` maps it over a series
-with any ``map`` (inline, a process pool, a Celery worker) and writes the manifest last.
+(read the source, write outputs) and returns a JSON record; `convert_chunk` does so for several
+instances, writing behind the conversion; `convert_series` maps it over a series with any ``map``
+(inline, a process pool, a Celery worker) and writes the manifest last.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,10 +148,39 @@ def convert_instance(task: dict) -> dict:
     Permanent input errors become a recorded failure; transient storage errors propagate so the
     caller (pool or Celery task) can retry the series.
     """
+    return convert_chunk([task])[0]
+
+
+def convert_chunk(tasks: list[dict]) -> list[dict]:
+    """`convert_instance` for several instances in order, each one's outputs uploading while the
+    next converts (`Store.write_behind`); the records come back once every output is durable, so
+    a record never lists an output the store does not hold. The unit a pool process runs.
+
+    Every upload of the chunk has ended when this returns or raises: none is left to land later.
+    """
+    started: list[tuple[dict, list[tuple[dict, Future]]]] = []
+    try:
+        for task in tasks:
+            started.append(_start_instance(task))
+    finally:
+        waiting = time.perf_counter()
+        wait([pending for _, writes in started for _, pending in writes])
+    waited = time.perf_counter() - waiting
+    if started and started[-1][1]:  # the wait for the last uploads is the last instance's store time
+        last = started[-1][0]
+        last["stages"]["store"] = round(last["stages"].get("store", 0.0) + waited, 6)
+        last["seconds"] = round(last["seconds"] + waited, 4)
+    return [_settle(record, writes) for record, writes in started]
+
+
+def _start_instance(task: dict) -> tuple[dict, list[tuple[dict, Future]]]:
+    """Read, convert, start writing: the record without outputs yet, and each output's entry with
+    its pending write."""
     opts = ConvertOptions.from_json(task["options"])
     store = open_store(task["dest"])
     index, prefix = int(task["index"]), task["prefix"].rstrip("/")
     record: dict = {"index": index, "source_sha256": None, "outputs": [], "error": None}
+    writes: list[tuple[dict, Future]] = []
     clock = StageClock()
     started = time.perf_counter()
     try:
@@ -174,19 +205,41 @@ def convert_instance(task: dict) -> dict:
                                "reason": "; ".join(f"{e['format']}: {e['reason']}" for e in format_errors)}
         for out in outputs:
             key = f"{prefix}/{out.name(index)}"
-            with clock.stage("store"):
-                store.write(key, out.data)
+            with clock.stage("store"):  # blocks only while the uploads in flight are at their bound
+                pending = store.write_behind(key, out.data)
             entry = {"path": key, "format": out.format.value, "sha256": sha256(out.data),
                      "size": len(out.data), "frame": out.frame, "verification": out.verification}
             entry.update(out.extra)
-            record["outputs"].append(entry)
+            writes.append((entry, pending))
     except Transient:
+        wait([pending for _, pending in writes])
         raise
     except Exception as err:  # bad input, or a bug of ours: costs one instance, never the series
         record["error"] = failure(err)
     record["seconds"] = round(time.perf_counter() - started, 4)
     record["stages"] = clock.rounded()
+    return record, writes
+
+
+def _settle(record: dict, writes: list[tuple[dict, Future]]) -> dict:
+    """List the outputs whose writes completed, in order. A transient fault propagates (the series
+    is retried); any other stops the listing and fails the instance with its reason."""
+    for entry, pending in writes:
+        try:
+            pending.result()
+        except Transient:
+            raise
+        except Exception as err:
+            record["error"] = failure(err)
+            break
+        record["outputs"].append(entry)
     return record
+
+
+def chunk_size(items: int, processes: int) -> int:
+    """Instances per pool task: small chunks keep the processes evenly loaded; a few instances per
+    chunk amortise IPC and the wait for a chunk's last uploads."""
+    return max(1, min(8, items // (4 * max(1, processes))))
 
 
 @dataclass
@@ -205,13 +258,21 @@ class SeriesJob:
 
 
 def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Iterator] = map,
-                   on_record: Callable[[dict], None] | None = None) -> dict:
-    """Convert every instance, then write the manifest last (the series' commit marker)."""
+                   on_record: Callable[[dict], None] | None = None, processes: int = 1) -> dict:
+    """Convert every instance, then write the manifest last (the series' commit marker).
+
+    ``map_fn`` maps `convert_chunk` over chunks of instances (sized for ``processes``), one chunk
+    per call: each chunk's outputs are durable when its records come back, so the manifest written
+    after the last one only lists what the store holds.
+    """
+    tasks = job.tasks()
+    size = chunk_size(len(tasks), processes)
     records = []
-    for record in map_fn(convert_instance, job.tasks()):
-        records.append(record)
-        if on_record:
-            on_record(record)
+    for chunk in map_fn(convert_chunk, [tasks[i:i + size] for i in range(0, len(tasks), size)]):
+        for record in chunk:
+            records.append(record)
+            if on_record:
+                on_record(record)
     store: Store = open_store(job.dest)
     series = None
     if job.options.series_outputs:  # pdf, stacks, QA sheets: after the instances (shared/series.py)

@@ -6,10 +6,14 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: set by the SIGTERM handler: the monotonic time by which the job in hand must be finished
 _deadline: float | None = None
@@ -42,15 +46,6 @@ def _child_init() -> None:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
-def _run_chunk(fn: Callable[[dict], dict], chunk: list[dict]) -> list[dict]:
-    return [fn(item) for item in chunk]
-
-
-def chunk_size(items: int, processes: int) -> int:
-    """Small chunks keep the processes evenly loaded; a few instances per chunk amortise IPC."""
-    return max(1, min(8, items // (4 * processes)))
-
-
 class InstancePool:
     """A lazily started process pool, restarted after a crash."""
 
@@ -79,13 +74,13 @@ class InstancePool:
                     pass
         ex.shutdown(wait=not kill, cancel_futures=True)
 
-    def map(self, fn: Callable[[dict], dict], items) -> Iterator[dict]:
-        """Results in order; raises ShutdownRequested past the deadline, PoolCrashed on a crash."""
-        items = list(items)
-        size = chunk_size(len(items), self.processes)
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """``fn`` over the items, one item per process task (`convert_series` hands chunks of
+        instances); results in order; raises ShutdownRequested past the deadline, PoolCrashed on
+        a crash."""
         pool = self._pool()
         try:
-            futures = [pool.submit(_run_chunk, fn, items[i:i + size]) for i in range(0, len(items), size)]
+            futures = [pool.submit(fn, item) for item in items]
         except BrokenProcessPool as err:
             self.close(kill=True)
             raise PoolCrashed("a worker process died while converting this series") from err
@@ -96,11 +91,11 @@ class InstancePool:
                         self.close(kill=True)
                         raise ShutdownRequested("the soft-shutdown timeout ran out before the series finished")
                     try:
-                        records = future.result(timeout=0.2)
+                        result = future.result(timeout=0.2)
                         break
                     except FutureTimeout:
                         continue
-                yield from records
+                yield result
         except BrokenProcessPool as err:
             self.close(kill=True)
             raise PoolCrashed("a worker process died while converting this series") from err

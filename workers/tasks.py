@@ -33,7 +33,9 @@ def instance_pool() -> InstancePool:
 @series_task
 def convert_series_task(message: SeriesMessage) -> dict:
     """One series through the chain that `convert` runs, its instances over this worker's pool."""
-    return convert_series(message.series_job(), map_fn=instance_pool().map, on_record=metrics.observe_instance)
+    pool = instance_pool()
+    return convert_series(message.series_job(), map_fn=pool.map, processes=pool.processes,
+                          on_record=metrics.observe_instance)
 
 
 metrics.install(app, settings())  # /metrics, /healthz, /readyz on DICOMFLEET_METRICS_PORT
