@@ -33,6 +33,7 @@ from .errors import (
     PixelBudgetError,
     Transient,
     UnsupportedError,
+    safe_reason,
 )
 from .options import DEFAULT_MAX_PIXELS
 from .quiet import native_stderr_silenced
@@ -89,9 +90,10 @@ def _plausible(ds: Dataset) -> bool:
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
-    """The error as one line: multi-line messages (pydicom lists each plugin) joined with '; '."""
+    """The error as one line: multi-line messages (pydicom lists each plugin) joined with '; ',
+    quoted raw values left out before it is cut to ``limit`` (`errors.safe_reason`)."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    text = "; ".join(lines).replace(":;", ":")
+    text = safe_reason("; ".join(lines).replace(":;", ":"))
     return text[:limit] if text else type(err).__name__
 
 

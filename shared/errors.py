@@ -5,12 +5,44 @@ faults of the environment (storage, broker) that a retry with backoff may cure.
 """
 from __future__ import annotations
 
+import re
+
+#: A quoted literal as Python's repr and library messages write it (``'…'``, ``"…"``, ``b'…'``),
+#: starting after a non-word character (so the apostrophe of "image's" starts none), closed or
+#: running to the end of a message that was cut short.
+_QUOTED = re.compile(r"""(?<!\w)b?(?:'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))""")
+#: escapes that only binary data produces in a repr: bytes, code points, control characters
+_BINARY = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrt])")
+#: longest quoted value a reason may show (a UID is at most 64 characters)
+MAX_QUOTED = 66
+
+
+def safe_reason(text: str) -> str:
+    """``text`` as one line in which no quoted value can carry a file's bytes.
+
+    Libraries quote raw values in their messages: pydicom shows the bytes of an element whose
+    length is corrupt, and a corrupt length swallows its neighbours — names, IDs, dates. A quoted
+    literal that holds binary escapes or is longer than a UID is replaced by its length; short,
+    printable values (a VR, a UID, a tag's numbers) stay, since they say what is wrong."""
+
+    def redact(match: re.Match) -> str:
+        literal = match.group(0)
+        if len(literal) <= MAX_QUOTED and not _BINARY.search(literal) and literal[-1] in "'\"":
+            return literal
+        return f"<a value of {len(literal)} characters, not shown>"
+
+    return _QUOTED.sub(redact, " ".join(str(text).split()))
+
 
 class DicomfleetError(Exception):
-    """Base class; ``str(err)`` is the one-line reason shown to users and recorded in manifests."""
+    """Base class; ``str(err)`` is the one-line reason shown to users and recorded in manifests,
+    with any quoted value that may carry a file's bytes left out (`safe_reason`)."""
 
     #: short, stable, low-cardinality code (used as a metrics label and in the manifest)
     code = "error"
+
+    def __str__(self) -> str:
+        return safe_reason(super().__str__())
 
 
 class Permanent(DicomfleetError):
@@ -111,5 +143,5 @@ def failure(err: Exception) -> dict:
     bug of ours, recorded as ``internal`` with a one-line reason instead of a traceback."""
     if isinstance(err, DicomfleetError):
         return {"code": err.code, "reason": str(err)}
-    reason = " ".join(str(err).split())[:200]
+    reason = safe_reason(str(err))[:200]
     return {"code": "internal", "reason": f"internal error ({type(err).__name__}: {reason})"}

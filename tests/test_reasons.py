@@ -1,0 +1,74 @@
+"""Failure reasons never carry a file's bytes: quoted raw values are left out (errors.safe_reason)."""
+from __future__ import annotations
+
+import io
+import random
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from shared.chain import convert_dataset
+from shared.dataset import read_dataset, read_header
+from shared.errors import DicomfleetError, InvalidDicomError, failure, safe_reason
+from shared.options import ConvertOptions
+
+PLANTED = ("ZZPLANTED^NAME", "ZZPLANTEDID77", "19230405")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('corrupt (Instead received b"\\x04\\x00GEMS\\x00DOE^JOHN" and struct)',
+     "corrupt (Instead received <a value of 27 characters, not shown> and struct)"),
+    ("no pixel data (SOP class ['1.2.840.10008.5.1.4.1.1.2\\x00\\x08DA\\x0820040119'])",
+     "no pixel data (SOP class [<a value of 49 characters, not shown>])"),
+    ("cut short b'\\x00\\x01DOE", "cut short <a value of 13 characters, not shown>"),
+    ("(0002,0010) Transfer Syntax UID '1.2.840.10008.1.2.1' is not known",
+     "(0002,0010) Transfer Syntax UID '1.2.840.10008.1.2.1' is not known"),
+    ("Unknown Value Representation '0x53 0x5d' in tag (0019,1058)",
+     "Unknown Value Representation '0x53 0x5d' in tag (0019,1058)"),
+    ("IDAT does not hold the image's rows", "IDAT does not hold the image's rows"),
+    ("a\n  two-line\tmessage", "a two-line message"),
+    ("value '" + "A" * 70 + "'", "value <a value of 72 characters, not shown>"),
+])
+def test_safe_reason(text, expected):
+    assert safe_reason(text) == expected
+
+
+def test_our_errors_and_recorded_failures_are_safe():
+    err = InvalidDicomError("(0008,0016) SOP Class UID '1.2\\x00DOE^JOHN' is not a UID")
+    assert str(err) == "(0008,0016) SOP Class UID <a value of 17 characters, not shown> is not a UID"
+    assert failure(err)["reason"] == str(err)
+    assert "DOE" not in failure(ValueError("bad b'\\x00DOE^JOHN'"))["reason"]
+
+
+def _planted_file() -> bytes:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PLANTED
+    ds.InstitutionName = ds.ReferringPhysicianName = PLANTED[0]
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def test_reasons_for_corrupt_files_carry_no_planted_value():
+    """Corrupt lengths make pydicom quote neighbouring elements; none of it reaches a reason."""
+    data = _planted_file()
+    start, end = data.index(b"ZZPLANTED") - 400, data.index(b"ZZPLANTED") + 400
+    rng = random.Random(7)
+    raw_leaks, reasons = 0, set()
+    opts = ConvertOptions(formats=("png",), deid=False)
+    for i in range(1500):
+        buf = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            buf[rng.randrange(max(start, 132), end)] = rng.randrange(256)
+        for parse in (lambda b: convert_dataset(read_dataset(b), opts)[0], lambda b: read_header(io.BytesIO(b))):
+            try:
+                parse(bytes(buf))
+            except DicomfleetError as err:
+                raw = " ".join(Exception.__str__(err).split())
+                raw_leaks += any(p in raw for p in PLANTED) or "\\x" in raw
+                reasons.add(str(err))
+    assert raw_leaks > 0  # the leak path is exercised: unsanitised messages did carry file bytes
+    assert reasons
+    leaked = [r for r in reasons if any(p in r for p in PLANTED) or "\\x" in r]
+    assert leaked == []
