@@ -50,6 +50,7 @@ def _planted_file() -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every corrupt element
 def test_reasons_for_corrupt_files_carry_no_planted_value():
     """Corrupt lengths make pydicom quote neighbouring elements; none of it reaches a reason."""
     data = _planted_file()
