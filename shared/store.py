@@ -277,8 +277,8 @@ class S3Store:
     def write_behind(self, key: str, data: bytes) -> Future:
         """Upload in the background (`uploader`); the future completes when the object is durable
         and raises what `write` would. An invalid key raises here, at once."""
-        return uploader().submit(len(data), _s3_call, "write", key, self.client.put_object, self.bucket,
-                                 self._name(key), io.BytesIO(data), len(data))
+        self._name(key)  # an invalid key is refused here, not on an upload thread
+        return uploader().submit(len(data), self.write, key, data)
 
     def read(self, key: str) -> bytes:
         return _get(self.client, self.bucket, self._name(key), key)
