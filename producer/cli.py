@@ -85,23 +85,34 @@ def _say(text: str, label: str = "", colour: str = "red", indent: str = "") -> N
 
 
 class _Bar:
-    """A rich progress bar on stderr, only when stderr is a terminal."""
+    """A rich progress display on stderr, only when stderr is a terminal: a count of headers read
+    while the sources are scanned (a large archive or network storage takes a while), then a bar
+    of instances converted."""
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                                  console=_console(), transient=True)
         self.task = None
 
+    def scanned(self) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("reading headers", total=None, rate="")
+        self.progress.advance(self.task)
+
     def start(self, total: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task("convert", total=total, rate="")
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("converting", total=total, rate="")
 
     def advance(self) -> None:
         self.progress.advance(self.task)
-        t = self.progress.tasks[0]
+        t = self.progress.tasks[-1]
         if t.speed:
             self.progress.update(self.task, rate=f"{t.speed:.0f} inst/s")
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shared.chain import SeriesJob, chunk_size, convert_series
 from shared.options import ConvertOptions
@@ -49,8 +50,17 @@ class RunSummary:
         return self.instances - len(self.failures)
 
 
+class Progress(Protocol):
+    """What a run reports as it goes (the CLI draws it on a terminal): files whose header was
+    read, then instances converted out of ``total``."""
+
+    def scanned(self) -> None: ...
+    def start(self, total: int) -> None: ...
+    def advance(self) -> None: ...
+
+
 def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: int = 1,
-              progress=None) -> RunSummary:
+              progress: Progress | None = None) -> RunSummary:
     """Scan, then convert series by series; manifests land as each series completes."""
     started = time.perf_counter()
     summary = RunSummary()
@@ -62,7 +72,8 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
             map_fn, series_map = pool_map(pool, workers), pool.map
         # headers are read over the pool too (local files: S3 clients are not shared across fork)
         local = all(not is_s3(src) for src in sources)
-        found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map)
+        found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map,
+                     on_file=progress.scanned if progress is not None else None)
         summary.skipped = found.skipped
         total = sum(len(s.instances) for s in found.series)
         if progress is not None:
