@@ -47,8 +47,9 @@ class S3Server:
     """moto's S3 server (`producer.s3server`) on a loopback port; `stop`/`start` keep the port
     (moto keeps no state)."""
 
-    def __init__(self, port: int | None = None, log_dir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, log_dir: str | None = None, *, latency_ms: float = 0) -> None:
         self.port = port or free_port()
+        self.latency_ms = latency_ms  # a network's round trip on every request (producer.s3server)
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log = Path(log_dir or tempfile.gettempdir()) / f"moto-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -56,7 +57,8 @@ class S3Server:
     def start(self) -> "S3Server":
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "producer.s3server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "producer.s3server", "-H", "127.0.0.1", "-p", str(self.port),
+                 *(["--latency-ms", str(self.latency_ms), "--threads", "64"] if self.latency_ms else [])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_port(self.port, 20, self.proc)
         return self

@@ -43,17 +43,32 @@ def app():
     return create_backend_app("s3")
 
 
+def with_latency(wsgi_app, seconds: float):
+    """``wsgi_app`` answering every request ``seconds`` late: a network's round trip to MinIO/S3,
+    to see what the chain does when a PUT takes 5–30 ms instead of loopback's fraction of one."""
+    import time
+
+    def delayed(environ, start_response):
+        time.sleep(seconds)
+        return wsgi_app(environ, start_response)
+
+    return delayed
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-H", "--host", default="127.0.0.1")
     ap.add_argument("-p", "--port", type=int, required=True)
     ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="answer every request this late (give enough --threads to overlap them)")
     a = ap.parse_args(argv)
     import waitress
 
     # "Task queue depth is N" is waitress noting that requests waited for a thread: expected here
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    waitress.serve(app(), host=a.host, port=a.port, threads=a.threads)
+    served = with_latency(app(), a.latency_ms / 1000) if a.latency_ms > 0 else app()
+    waitress.serve(served, host=a.host, port=a.port, threads=a.threads)
 
 
 if __name__ == "__main__":

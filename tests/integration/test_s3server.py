@@ -62,3 +62,18 @@ def test_a_restarted_server_is_reached_again_on_a_pooled_connection(tmp_path):
         assert _Counted.connects == 2  # seen closed before reuse, not failed and retried
     finally:
         server.stop()
+
+
+def test_a_server_with_latency_serves_overlapping_writes_behind(tmp_path):
+    """`--latency-ms` (the bench's stand-in for a network round trip) delays answers but serves
+    every request, many at once: 20 writes behind the conversion all land, bytes intact."""
+    server = S3Server(log_dir=str(tmp_path), latency_ms=20).start()
+    try:
+        bucket = server.make_bucket(f"lat-{uuid.uuid4().hex[:12]}")
+        store = S3Store(f"s3://{bucket}/out", client=server.client())
+        payloads = {f"{i:04d}.png": os.urandom(1000 + i) for i in range(20)}
+        pending = [store.write_behind(key, data) for key, data in payloads.items()]
+        assert [p.result(timeout=60) for p in pending] == [None] * 20
+        assert {key: store.read(key) for key in payloads} == payloads
+    finally:
+        server.stop()
