@@ -1,16 +1,23 @@
-"""A small PNG writer: Sub-filtered rows, deflated by libdeflate, in plain chunks with CRCs.
+"""A small PNG writer: Sub-filtered rows, deflated by zlib-ng run-length, in plain chunks with CRCs.
 
 Why our own: deflate is most of a slice's cost. libpng through OpenCV at zlib level 1 takes about
-2.8 ms for a 512×512 8-bit slice and 11 ms for a 16-bit one; libdeflate (PyPI ``deflate``) writes a
-zlib stream of the same Sub-filtered rows in about 0.8 ms and 2.7 ms, at a similar or smaller size.
-The file is an ordinary PNG (IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the
-same pixels (tests/test_png.py).
+2.8 ms for a 512×512 8-bit slice and 11 ms for a 16-bit one. Sub-filtered CT rows are runs (air,
+flat regions) and noise; LZ77 beyond the previous byte buys almost nothing on them, so zlib-ng's
+run-length strategy (``Z_RLE``: matches at distance 1 only, then Huffman codes) writes them in
+0.35 ms and 2.2 ms, at 47 kB against libpng's 52 kB, and 266 kB against 266 kB. The file is an
+ordinary PNG (IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the same pixels
+(tests/test_png.py).
 
-Why libdeflate and not the faster ISA-L: outputs must be byte-identical wherever they are made (a
-redelivered job rewrites the same bytes; fleet and local runs agree). libdeflate's output depends
-only on its version and the input. With ISA-L a fleet test saw one IDAT byte differ between a
-long-lived process and a fresh one on the same pixels (both valid; not reproduced in isolation,
-most likely ISA-L's run-time choice among CPU-specific code paths, which nodes of a fleet differ in).
+Outputs must be byte-identical wherever they are made (a redelivered job rewrites the same bytes;
+fleet and local runs agree). Run-length deflate has no hash table and no heuristics: its matches
+are the runs in the data, its blocks end when its symbol buffer is full, its Huffman trees are built
+by scalar code; the CPU-specific code paths zlib-ng picks at run time compute the same run lengths
+and checksums. So the stream depends only on the zlib-ng version (pinned in pyproject.toml) and the
+input; tests/test_png.py pins the bytes. Two encoders were turned down for this: ISA-L, faster
+still, whose output changed between processes on the same pixels (its hash differs by CPU code
+path, intel/isa-l#73), and zlib-ng's own levels, whose match finder hashes differently by CPU.
+libdeflate (level 1: 0.86 ms and 2.2 ms) wrote PNGs here before; it now only inflates them to
+verify (``check_png``), a second implementation reading what the first wrote.
 """
 from __future__ import annotations
 
@@ -19,10 +26,12 @@ import zlib
 
 import deflate
 import numpy as np
+from zlib_ng import zlib_ng
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: libdeflate level 1: its fastest, and smaller than zlib level 1 on CT rows (45 vs 49.5 kB a slice).
-LEVEL = 1
+#: zlib-ng: level 1 (any level > 0 runs the same run-length search), the full window and memory
+#: level 9, whose larger symbol buffer makes fewer, cheaper blocks (0.35 vs 0.39 ms a slice).
+LEVEL, WINDOW_BITS, MEMORY_LEVEL = 1, 15, 9
 _COLOUR_TYPE = {1: 0, 3: 2}  # samples per pixel → PNG colour type (grey, truecolour)
 _SUB = 1  # PNG filter type 1: each byte minus the byte one pixel to its left
 
@@ -74,11 +83,17 @@ def filtered_rows(img: np.ndarray) -> np.ndarray:
     return out
 
 
+def compress(rows: np.ndarray) -> bytes:
+    """A zlib stream (RFC 1950) of ``rows``: run-length matches, Huffman coded, Adler-32 checked."""
+    deflater = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WINDOW_BITS, MEMORY_LEVEL, zlib_ng.Z_RLE)
+    return deflater.compress(rows) + deflater.flush()
+
+
 def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     """An 8- or 16-bit grey (H×W) or RGB (H×W×3) array as PNG bytes, with tEXt chunks after IHDR."""
     height, width, samples, depth = _layout(img)
     ihdr = struct.pack(">IIBBBBB", width, height, depth, _COLOUR_TYPE[samples], 0, 0, 0)
-    data = deflate.zlib_compress(filtered_rows(img), LEVEL)
+    data = compress(filtered_rows(img))
     parts = [SIGNATURE, chunk(b"IHDR", ihdr)]
     parts += [text_chunk(k, v) for k, v in (text or {}).items()]
     parts += [chunk(b"IDAT", data), chunk(b"IEND", b"")]
@@ -94,10 +109,9 @@ def check_png(buf: bytes, img: np.ndarray) -> str | None:
     gives ``img`` back (tests/test_png.py checks Pillow, libpng, zlib and a decoder from the spec
     agree), this proves the file decodes to ``img`` at a fifth of the cost of a full decode.
 
-    The inflater is libdeflate's: 0.18 ms a CT slice against zlib's 0.50. It shares no code with
-    the compressor that wrote the stream except the checksum, which zlib's CRC-32 of every chunk
-    and the byte comparison back up; what it guards against — a wrong stream, a wrong chunk, bytes
-    that are not the image — it catches as zlib would.
+    The inflater is libdeflate's: 0.18 ms a CT slice against zlib's 0.50, and a different
+    implementation from zlib-ng, which wrote the stream: a compressor bug is not mirrored by its
+    reader.
     """
     if not buf.startswith(SIGNATURE):
         return "no PNG signature"

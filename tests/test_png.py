@@ -242,3 +242,19 @@ def test_same_pixels_give_the_same_bytes_in_every_process():
     u16 = img.astype(np.uint16)
     here = hashlib.sha256(png.encode_png((u16 >> 4).astype(np.uint8)) + png.encode_png(u16)).hexdigest()
     assert fresh == {here}
+
+
+def test_the_pinned_encoder_writes_the_bytes_it_wrote_when_it_was_chosen():
+    """The PNG bytes of a fixed image, pinned: the run-length stream depends only on the zlib-ng
+    version (pyproject.toml pins it), not on the CPU or the process. A new zlib-ng, or a machine
+    whose code path found different runs, fails here before a fleet writes two versions of a file."""
+    import hashlib
+
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.int64)
+    u16 = (((xx * 7919 + yy * 104729) ^ (xx * yy)) % 4096).astype(np.uint16)
+    u16[100:300, 50:400] = 0  # a run of air, as CT slices have
+    u8 = (u16 >> 4).astype(np.uint8)
+    assert hashlib.sha256(png.encode_png(u8)).hexdigest() == (
+        "4e5b9525a0d059c45b36f3fa820a870657b2736ecc026afd83a04b0d1150b292")
+    assert hashlib.sha256(png.encode_png(u16)).hexdigest() == (
+        "4ab8116836e25ae16264f0b8fee4dd6b7bc4614d07887e6736b7a28a737e1f70")
