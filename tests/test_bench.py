@@ -88,8 +88,12 @@ def test_targets_for_deid_startup_and_fleet():
     rows = {name: {"name": name, "ok": True, "wall_s": wall} for name, wall in
             {"floor png": 1.0, "convert png w1": 1.2, "convert png w1 deid": 1.26, "convert png w2": 0.8,
              "fleet png w1": 1.0, "fleet png w2": 0.55, "convert png w2 [s3]": 0.5}.items()}
-    got = {(c["issue"], c["target"]): (c["value"], c["met"]) for c in report.targets(rows, 2, startup=0.4)}
+    got = {(c["issue"], c["target"]): (c["value"], c["met"])
+           for c in report.targets(rows, 2, startup=0.4, floor_startup=0.3)}
     assert got[(3, "png w1 deid wall ÷ png w1 (de-id adds ≤ 10%)")] == (1.05, True)
+    assert got[(6, "floor png wall ÷ png w1 (beat the floor)")] == (0.833, False)
+    # (1.0-0.3)/(1.2-0.4): slice for slice, each side without its own start-up
+    assert got[(6, "  same, per slice: start-up excluded (floor 0.30 s, ours 0.40 s)")] == (0.875, False)
     assert got[(6, "png speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.5, False)
     assert got[(6, "  same, start-up (0.40 s) excluded")] == (2.0, True)  # (1.2-0.4)/(0.8-0.4)
     assert got[(4, "fleet speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.818, True)
@@ -126,3 +130,4 @@ def test_bench_run_end_to_end(tmp_path, capsys):
     assert results["machine"]["nproc"] >= 1 and results["parameters"]["slices"] == 3
     assert "convert png w1" in capsys.readouterr().out
     assert 0 < results["startup_s"] < 30  # a one-slice run: the fixed cost of every run
+    assert 0 < results["floor_startup_s"] < 30
