@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import io
 
-import cv2
 import numpy as np
 
 from . import png
 from .errors import UnsupportedError
+from .runtime import opencv
 
 from . import __version__
 
@@ -44,6 +44,7 @@ def to_png16(arr: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    cv2 = opencv()
     ok, buf = cv2.imencode(".jpg", _bgr(img), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:  # pragma: no cover
         raise ValueError(f"JPEG encoder refused an array of shape {img.shape}")

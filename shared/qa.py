@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
+
+from .runtime import opencv
 
 GAIN = 10  # the difference panel shows |reference - output| × GAIN, clipped at 255
 MIN_PANEL, MAX_PANEL = 256, 1024  # panel's longer side: nearest-neighbour ×k up, INTER_AREA down
@@ -33,6 +34,7 @@ def _panel(img: np.ndarray) -> np.ndarray:
     if longer > MAX_PANEL:
         scale = MAX_PANEL / longer
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        cv2 = opencv()
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     return rgb
 

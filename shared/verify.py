@@ -4,11 +4,11 @@ from __future__ import annotations
 import hashlib
 import io
 
-import cv2
 import numpy as np
 
 from . import png
 from .errors import VerificationError
+from .runtime import opencv
 
 
 def sha256(data: bytes) -> str:
@@ -16,6 +16,7 @@ def sha256(data: bytes) -> str:
 
 
 def decode_png(buf: bytes) -> np.ndarray:
+    cv2 = opencv()
     img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise VerificationError("PNG output does not decode")
@@ -33,6 +34,7 @@ def decode(fmt: str, buf: bytes) -> np.ndarray:
     if fmt == "npy":
         return np.load(io.BytesIO(buf), allow_pickle=False)
     if fmt == "jpeg":
+        cv2 = opencv()
         img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise VerificationError("JPEG output does not decode")
@@ -65,6 +67,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise ValueError(f"SSIM needs equal shapes, got {a.shape} and {b.shape}")
     x, y = a.astype(np.float32), b.astype(np.float32)  # products of 8-bit values are exact in float32
+    cv2 = opencv()
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
     def blur(img: np.ndarray) -> np.ndarray:

@@ -22,3 +22,23 @@ def test_usable_cores_follows_the_affinity_mask():
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.stdout.strip() == "1"
     assert runtime.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def test_pydicom_is_imported_without_requests_which_still_imports_afterwards():
+    """`import_pydicom_lean` keeps requests and tqdm out of a command's start-up; pydicom's test
+    file downloads fall back to urllib, and the process can still import requests itself."""
+    probe = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
+             "print('pydicom' in sys.modules, 'requests' in sys.modules, 'tqdm' in sys.modules); "
+             "import requests, tqdm; from pydicom.data import download; "
+             "print(requests.__name__, tqdm.__name__, download.HAVE_REQUESTS)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.stdout.split("\n")[:2] == ["True False False", "requests tqdm False"]
+
+
+def test_opencv_is_loaded_on_first_use_and_single_threaded():
+    probe = ("import sys; from shared import chain; from shared.runtime import opencv; "
+             "print('cv2' in sys.modules, opencv().getNumThreads(), opencv() is sys.modules['cv2'])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.stdout.strip() == "False 1 True"

@@ -4,16 +4,14 @@ Retries, failures and redelivery bounds are `policy.series_task`'s business, not
 """
 from __future__ import annotations
 
-
 from celery.signals import worker_shutting_down
 
 from shared.chain import convert_series
 from shared.jobs import SeriesMessage
+from shared.runtime import opencv, usable_cores
 from shared.store import preload_s3
 
 from . import metrics
-from shared.runtime import usable_cores
-
 from .celery_app import SERIES_TASK, app
 from .policy import series_task, settings
 from .pool import InstancePool, request_shutdown
@@ -39,7 +37,8 @@ def convert_series_task(message: SeriesMessage) -> dict:
 
 
 metrics.install(app, settings())  # /metrics, /healthz, /readyz on DICOMFLEET_METRICS_PORT
-preload_s3()  # the pool's processes are forked from this one
+preload_s3()  # the pool's processes are forked from this one: imported once, before the fork
+opencv()
 
 
 @worker_shutting_down.connect

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 
 from ..errors import InvalidDicomError
+from ..runtime import opencv
 
 ORIENTATIONS = ("radiological", "as-stored")
 #: aspect ratios within this of 1 count as square (spacing strings are rounded in files)
@@ -260,6 +260,7 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (rows, cols) == (target_rows, target_cols):
         return img
     down = (min(rows, target_rows), min(cols, target_cols))
+    cv2 = opencv()
     if down != (rows, cols):
         img = cv2.resize(img, (down[1], down[0]), interpolation=cv2.INTER_AREA)
     if down != (target_rows, target_cols):
