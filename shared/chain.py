@@ -20,7 +20,7 @@ from .deid import deidentify
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import Transient, failure
-from .manifest import build_manifest, manifest_bytes, manifest_key
+from .manifest import build_manifest, manifest_bytes, manifest_key, without_timings
 from .metadata import embedded_fields, jpeg_with_metadata, png_with_metadata, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
@@ -270,9 +270,9 @@ def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Ite
     records = []
     for chunk in map_fn(convert_chunk, [tasks[i:i + size] for i in range(0, len(tasks), size)]):
         for record in chunk:
-            records.append(record)
             if on_record:
                 on_record(record)
+            records.append(without_timings(record))  # held until the manifest: kept small
     store: Store = open_store(job.dest)
     series = None
     if job.options.series_outputs:  # pdf, stacks, QA sheets: after the instances (shared/series.py)
