@@ -10,15 +10,21 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom import config as _pydicom_config
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError as PydicomInvalid
+from pydicom.filereader import data_element_generator
+from pydicom.tag import Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
+    PrivateTransferSyntaxes,
     RLETransferSyntaxes,
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -49,7 +55,12 @@ HEADER_TAGS = (
     "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "Rows", "Columns",
     "SamplesPerPixel", "BitsAllocated", "Modality", "PhotometricInterpretation",
 )
+_HEADER_TAG_LIST = [Tag(keyword) for keyword in HEADER_TAGS]  # once, not per file
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
+#: transfer syntaxes whose dataset is not plain little endian: dcmread's own handling
+_NOT_PLAIN = frozenset(str(uid) for uid in (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+                                            *PrivateTransferSyntaxes))
 _HEADER_VALUE_LIMIT = 64 * 1024
 _ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins:"
 _DEFLATED_UID = str(DeflatedExplicitVRLittleEndian).encode()
@@ -81,6 +92,62 @@ def _read(fp: BinaryIO, **kwargs) -> Dataset:
         raise NotDicomError("not a DICOM file (no DICM preamble and not a raw dataset)") from err
     if not ds_ok:
         raise NotDicomError("not a DICOM file (no DICM preamble and not a raw dataset)")
+    return ds
+
+
+def _past_file_meta(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0002
+
+
+def _at_pixels(tag: int, vr: str | None, length: int) -> bool:
+    return tag in _PIXEL_TAGS
+
+
+def _read_plain(fp: io.BytesIO, data: bytes, *, stop_before_pixels: bool = False,
+                specific_tags: list | None = None, defer_size: int | None = None) -> FileDataset | None:
+    """What ``dcmread`` returns for a file in memory of the usual layout, or None for any other.
+
+    The usual layout: a preamble, DICM, explicit VR little endian file meta, no command set and a
+    dataset neither deflated nor big endian. pydicom's own element generator parses it, without
+    dcmread's layers (preamble and meta readers, three intermediate datasets, keyword lookups):
+    0.13 instead of 0.22 ms a CT header, ~0.1 ms less a whole instance. Anything else, and any
+    error, gives None: the caller reads the file with dcmread, whose result or reason stands
+    (tests/test_dataset_plain.py holds the two equal over pydicom's own test files).
+    """
+    if data[128:132] != b"DICM" or _may_be_deflated(data):  # the latter also for implicit VR meta
+        return None
+    try:
+        fp.seek(132)
+        meta = FileMetaDataset({e.tag: e for e in data_element_generator(fp, False, True, _past_file_meta)})
+        syntax = meta.get("TransferSyntaxUID")
+        start = fp.tell()
+        if not syntax or str(syntax) in _NOT_PLAIN or data[start:start + 2] in (b"", b"\0\0"):
+            return None  # no dataset after the meta, or a command set first
+        implicit = syntax == ImplicitVRLittleEndian
+        vr = data[start + 4:start + 6]  # dcmread reads the VR mode the data has, not the one named
+        if len(vr) == 2 and (not (0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B)) != implicit:
+            return None
+        elements = {e.tag: e for e in data_element_generator(
+            fp, implicit, True, _at_pixels if stop_before_pixels else None, defer_size, default_encoding,
+            specific_tags)}
+        encoding = default_encoding
+        if 0x00080005 in elements:
+            encoding = convert_encodings(convert_raw_data_element(elements[0x00080005]).value)
+    except Exception:  # noqa: BLE001 - dcmread reads it again and gives the reason
+        return None
+    dataset = Dataset(elements)
+    dataset.set_original_encoding(implicit, True, encoding)
+    ds = FileDataset(fp, dataset, data[:128], meta, implicit, True)
+    ds.set_original_encoding(implicit, True, dataset._character_set)  # as dcmread does
+    return ds
+
+
+def _read_bytes(fp: io.BytesIO, data: bytes, **kwargs) -> Dataset:
+    """`_read` for a file held in memory: the usual layout through `_read_plain`."""
+    ds = _read_plain(fp, data, **kwargs)
+    if ds is None:
+        fp.seek(0)
+        ds = _read(fp, **kwargs)
     return ds
 
 
@@ -177,8 +244,10 @@ _PIXEL_TAG_BYTES = frozenset(struct.pack(order, 0x7FE0, elem) for order in ("<HH
                              for elem in (0x0010, 0x0008, 0x0009))
 
 
-def _parse_header(fp: BinaryIO) -> Dataset:
-    ds = _read(fp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS), defer_size=_HEADER_VALUE_LIMIT)
+def _parse_header(fp: BinaryIO, data: bytes | None = None) -> Dataset:
+    """The header attributes of the file ``fp`` (held in memory as ``data`` when given)."""
+    kwargs = {"stop_before_pixels": True, "specific_tags": _HEADER_TAG_LIST, "defer_size": _HEADER_VALUE_LIMIT}
+    ds = _read_bytes(fp, data, **kwargs) if data is not None else _read(fp, **kwargs)
     for tag in list(ds.keys()):
         elem = ds.get_item(tag, keep_deferred=True)
         if elem.value is None and getattr(elem, "length", 0) > _HEADER_VALUE_LIMIT:
@@ -201,7 +270,7 @@ def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Datase
     if not _may_be_deflated(head):
         buf = io.BytesIO(head)  # reads past its end come back short: nothing over-allocates
         try:
-            ds = _parse_header(buf)
+            ds = _parse_header(buf, head)
         except (NotDicomError, InvalidDicomError):
             if whole:  # the whole file was parsed: the reason stands
                 raise
@@ -217,10 +286,10 @@ def read_dataset(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Datase
     PixelBudgetError for a deflated dataset that inflates past the pixel budget's bytes."""
     if not data:
         raise NotDicomError("empty file")
-    fp: BinaryIO = io.BytesIO(data)
     if _may_be_deflated(data):
-        fp = _NoOverread(fp, inflate_limit(max_pixels))
-    ds = _read(fp)
+        ds = _read(_NoOverread(io.BytesIO(data), inflate_limit(max_pixels)))
+    else:
+        ds = _read_bytes(io.BytesIO(data), data)
     try:  # truncation and corruption show here, not later in some stage that reads the element
         _check_elements(ds)
     except Exception as err:

@@ -1,0 +1,74 @@
+"""shared/dataset._read_plain: pydicom's element generator without dcmread's layers must give
+what dcmread gives, for every file it takes on (and leave every other file to dcmread)."""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from shared.dataset import _HEADER_TAG_LIST, _HEADER_VALUE_LIMIT, _read_plain, read_dataset, read_header
+
+from .conftest import TEST_FILES
+from .synthetic import write_series
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """Every file pydicom bundles (images, structured reports, odd encodings) and a synthetic CT."""
+    synthetic = write_series(tmp_path_factory.mktemp("plain"), 2)
+    return sorted(p for p in TEST_FILES.rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm")) \
+        + sorted(synthetic)
+
+
+def _dcmread(data: bytes, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(data), **kwargs)
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b)
+    assert list(a.keys()) == list(b.keys())
+    assert a.file_meta == b.file_meta
+    assert a.preamble == b.preamble
+    assert a.original_encoding == b.original_encoding
+    for tag in a.keys():  # the raw elements as read: tag, VR, length, value, offsets
+        assert a.get_item(tag, keep_deferred=True) == b.get_item(tag, keep_deferred=True), tag
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["dataset", "header"])
+def test_the_plain_reader_gives_what_dcmread_gives(files, header):
+    kwargs = {"stop_before_pixels": True, "specific_tags": _HEADER_TAG_LIST,
+              "defer_size": _HEADER_VALUE_LIMIT} if header else {}
+    taken = 0
+    for path in files:
+        data = path.read_bytes()
+        plain = _read_plain(io.BytesIO(data), data, **kwargs)
+        if plain is None:
+            continue
+        taken += 1
+        _same(plain, _dcmread(data, **kwargs))
+    assert taken >= 0.7 * len(files)  # most files have the usual layout: the fast path is the path
+
+
+def test_other_layouts_are_left_to_dcmread(files):
+    """No preamble, deflated, big endian: None, and the public readers still answer as dcmread."""
+    by_name = {p.name: p for p in files}
+    for name in ("no_meta.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm"):
+        data = by_name[name].read_bytes()
+        assert _read_plain(io.BytesIO(data), data) is None, name
+    data = by_name["CT_small.dcm"].read_bytes()
+    assert read_dataset(data).Rows == 128
+    assert str(read_header(io.BytesIO(data)).SOPInstanceUID) == str(_dcmread(data).SOPInstanceUID)
+
+
+def test_a_file_cut_anywhere_reads_as_dcmread_reads_it(files):
+    """Cut inside the meta, an element's header, a value, the pixels: None or dcmread's result."""
+    data = next(p for p in files if p.name == "CT_small.dcm").read_bytes()
+    for cut in (100, 140, 200, 333, 700, 1500, len(data) // 2, len(data) - 40, len(data) - 1):
+        part = data[:cut]
+        plain = _read_plain(io.BytesIO(part), part)
+        if plain is not None:
+            _same(plain, _dcmread(part))
