@@ -21,7 +21,7 @@ from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import Transient, failure
 from .manifest import build_manifest, manifest_bytes, manifest_key, without_timings
-from .metadata import embedded_fields, jpeg_with_metadata, png_with_metadata, tiff_tags
+from .metadata import embedded_fields, jpeg_with_metadata, png_chunks, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
 from .pixels.orientation import Display, plan_display
@@ -105,7 +105,7 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
             img = rendered[number - 1]
             if Format.PNG in wanted:
                 with clock.stage("encode"):
-                    buf = png_with_metadata(encode_png(img), fields)
+                    buf = encode_png(img, chunks=png_chunks(fields))
                 with clock.stage("verify"):
                     outputs.append(Output(Format.PNG, buf, tag, verify_lossless("png", buf, img)))
             if Format.JPEG in wanted:
@@ -119,7 +119,7 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
         if Format.PNG16 in wanted:
             with clock.stage("encode"):
                 u16, offset = to_png16(frame)
-                buf = png_with_metadata(encode_png(u16, {"dicomfleet:offset": str(offset)}), fields)
+                buf = encode_png(u16, {"dicomfleet:offset": str(offset)}, png_chunks(fields))
             with clock.stage("verify"):
                 outputs.append(Output(Format.PNG16, buf, tag, verify_lossless("png16", buf, u16),
                                       {"offset": offset}))

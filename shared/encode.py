@@ -18,10 +18,10 @@ def _bgr(img: np.ndarray) -> np.ndarray:
     return img[..., ::-1] if img.ndim == 3 else img
 
 
-def encode_png(img: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+def encode_png(img: np.ndarray, text: dict[str, str] | None = None, chunks: tuple[bytes, ...] = ()) -> bytes:
     """8- or 16-bit PNG (grey or RGB) from our own writer (shared/png.py: zlib-ng run-length, ~8×
     faster than libpng at zlib level 1 on CT rows, same size), with a Software tEXt and any ``text``."""
-    return png.encode_png(img, {"Software": SOFTWARE, **(text or {})})
+    return png.encode_png(img, {"Software": SOFTWARE, **(text or {})}, chunks)
 
 
 def png16_offset(arr: np.ndarray) -> int:

@@ -143,14 +143,18 @@ def _blobs(items: tuple[tuple[str, str], ...]) -> tuple[bytes, bytes]:
     return exif_bytes(fields), xmp_packet(fields)
 
 
-def png_with_metadata(buf: bytes, fields: dict[str, str]) -> bytes:
-    """The PNG with eXIf and an XMP iTXt chunk after IHDR (pixels and other chunks untouched)."""
+@lru_cache(maxsize=64)
+def _png_chunks(items: tuple[tuple[str, str], ...]) -> tuple[bytes, bytes]:
     from .png import chunk
 
-    exif, xmp = _blobs(tuple(fields.items()))
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    exif, xmp = _blobs(items)
     itxt = b"XML:com.adobe.xmp\0\0\0\0\0" + xmp  # uncompressed, no language
-    return buf[:ihdr_end] + chunk(b"eXIf", exif) + chunk(b"iTXt", itxt) + buf[ihdr_end:]
+    return chunk(b"eXIf", exif), chunk(b"iTXt", itxt)
+
+
+def png_chunks(fields: dict[str, str]) -> tuple[bytes, bytes]:
+    """eXIf and an XMP iTXt chunk, for the PNG writer to place after IHDR (once per series)."""
+    return _png_chunks(tuple(fields.items()))
 
 
 def _app1(payload: bytes) -> bytes:
