@@ -302,3 +302,25 @@ def test_output_metadata_comes_only_from_the_whitelist(tmp_path):
     assert safe_attributes(ds, ("Modality", "InstitutionName")) == {"Modality": "CT"}
     assert safe_attributes(ds, ("InstitutionName",), ("retain-institution-id",)) == \
         {"InstitutionName": PHI["InstitutionName"]}
+
+
+@pytest.mark.parametrize("options", [(), ("retain-safe-private",), ("clean-descriptors",),
+                                     ("retain-long-modified-dates", "retain-device-id")])
+def test_elements_left_raw_by_the_parser_end_as_converted_ones_do(tmp_path, options):
+    """`walk` settles or replaces still-raw elements without converting them (the chain's parser
+    leaves every element raw): the written result equals that of a fully converted dataset."""
+    from shared.dataset import read_dataset
+
+    ds = _ct(1, tmp_path)[0]
+    plant(ds, Planter(5))
+    data = _bytes(ds)
+    lazy, converted = read_dataset(data), read_dataset(data)
+    for _ in converted.iterall():  # every element converted before de-identification
+        pass
+    assert any(type(e).__name__ == "RawDataElement" for e in lazy.values())
+    opts = ConvertOptions(deid_options=options)
+    deidentify(lazy, opts)
+    deidentify(converted, opts)
+    assert _bytes(lazy) == _bytes(converted)
+    assert [(e.tag, e.VR, e.value) for e in _roundtrip(lazy)] == \
+        [(e.tag, e.VR, e.value) for e in _roundtrip(converted)]

@@ -171,7 +171,12 @@ def _settled_raw(raw: RawDataElement, table: dict[int, str], ctx: Context, drop:
     if action == REMOVE and not ctx.collect:
         drop.append(tag)
         return True
-    if action is not None or raw.VR in _RAW_UNSETTLED or (tag >> 16) & 1:
+    if action is None and (tag >> 16) & 1:  # private: only Retain Safe Private reads its value
+        if ctx.safe_private:
+            return False
+        drop.append(tag)
+        return True
+    if action is not None or raw.VR in _RAW_UNSETTLED:
         return False
     if (tag >> 16) & 0xFF00 in (0x5000, 0x6000) or tag & 0xFFFF == 0:
         drop.append(tag)
@@ -195,8 +200,18 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
         return False
     if raw.value is None or not raw.value.strip(b" \0"):
         return True  # empty once converted: walk leaves it
-    ds[raw.tag] = DataElement(raw.tag, raw.VR, None if action == EMPTY else _DUMMY_CONSTANTS[raw.VR])
+    ds[raw.tag] = _raw_text(raw, "" if action == EMPTY else _DUMMY_CONSTANTS[raw.VR], b" ")
     return True
+
+
+def _raw_text(raw: RawDataElement, text: str, pad: bytes) -> RawDataElement:
+    """``raw`` holding the ASCII ``text`` instead, padded to even length as the file would be: the
+    new value stays raw like the rest of the parsed file (a DataElement costs ~4 µs to validate
+    and is only needed if someone reads the value, when pydicom converts it as any other)."""
+    value = text.encode("ascii")
+    if len(value) & 1:
+        value += pad
+    return raw._replace(value=value, length=len(value))
 
 
 def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx: Context) -> bool:
@@ -216,9 +231,7 @@ def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx:
     items = (raw.value or b"").decode("iso8859").rstrip(" \x00").split("\\")
     if len(items) == 1 and not items[0]:
         return True  # empty once converted: walk leaves it
-    values = [UIDValue(v) for v in items]
-    new = fn(values[0]) if len(values) == 1 else [fn(v) for v in values]
-    ds[raw.tag] = DataElement(raw.tag, "UI", new)
+    ds[raw.tag] = _raw_text(raw, "\\".join(fn(UIDValue(v)) for v in items), b"\0")
     return True
 
 
