@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
 from shared.dataset import _HEADER_TAG_LIST, _HEADER_VALUE_LIMIT, _read_plain, read_dataset, read_header
 
 from .conftest import TEST_FILES
@@ -34,23 +36,36 @@ def _same(a, b) -> None:
     assert a.file_meta == b.file_meta
     assert a.preamble == b.preamble
     assert a.original_encoding == b.original_encoding
-    for tag in a.keys():  # the raw elements as read: tag, VR, length, value, offsets
-        assert a.get_item(tag, keep_deferred=True) == b.get_item(tag, keep_deferred=True), tag
+    for tag in a.keys():
+        mine = a.get_item(tag, keep_deferred=True)
+        if isinstance(mine, DataElement):  # converted as parsed: as pydicom's lazy access does
+            assert _converted(mine) == _converted(b[tag]), tag
+        else:  # the raw elements as read: tag, VR, length, value, offsets
+            assert mine == b.get_item(tag, keep_deferred=True), tag
+
+
+def _converted(elem: DataElement) -> tuple:
+    value = elem.value
+    items = list(value) if isinstance(value, MultiValue) else [value]
+    return (elem.tag, elem.VR, type(value), [(type(v), v, str(v)) for v in items], elem.file_tell,
+            elem.is_undefined_length)
 
 
 @pytest.mark.parametrize("header", [False, True], ids=["dataset", "header"])
 def test_the_plain_reader_gives_what_dcmread_gives(files, header):
     kwargs = {"stop_before_pixels": True, "specific_tags": _HEADER_TAG_LIST,
               "defer_size": _HEADER_VALUE_LIMIT} if header else {}
-    taken = 0
+    taken = converted = 0
     for path in files:
         data = path.read_bytes()
         plain = _read_plain(io.BytesIO(data), data, **kwargs)
         if plain is None:
             continue
         taken += 1
+        converted += sum(isinstance(plain.get_item(t), DataElement) for t in plain.keys())
         _same(plain, _dcmread(data, **kwargs))
     assert taken >= 0.7 * len(files)  # most files have the usual layout: the fast path is the path
+    assert converted >= (1 if header else 5) * taken  # and the elements every conversion reads
 
 
 def test_other_layouts_are_left_to_dcmread(files):
