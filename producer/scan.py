@@ -3,13 +3,13 @@ order each series along the slice normal, so output numbers follow anatomy, not 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 
 from shared.dataset import read_header
 from shared.errors import DicomfleetError, NoPixelDataError, NotDicomError, StorageError
@@ -73,15 +73,21 @@ def iter_files(sources: Iterable[str]) -> Iterator[str]:
 
 
 def _slice_position(ds) -> float | None:
+    """Image Position · the slice normal (row × column direction), None when either is missing,
+    malformed or the directions are (near) parallel. Plain floats: numpy's cross product of two
+    3-vectors costs ~50 µs, a sixth of reading the header."""
     try:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        ipp = [float(v) for v in ds.ImagePositionPatient]
     except (AttributeError, TypeError, ValueError):
         return None
-    if iop.size != 6 or ipp.size != 3:
+    if len(iop) != 6 or len(ipp) != 3:
         return None
-    normal = np.cross(iop[:3], iop[3:])
-    return float(ipp @ normal) if np.linalg.norm(normal) > 0.5 else None
+    r1, r2, r3, c1, c2, c3 = iop
+    normal = (r2 * c3 - r3 * c2, r3 * c1 - r1 * c3, r1 * c2 - r2 * c1)
+    if not math.hypot(*normal) > 0.5:  # NaN included
+        return None
+    return ipp[0] * normal[0] + ipp[1] * normal[1] + ipp[2] * normal[2]
 
 
 def _instance_number(ds) -> int | None:

@@ -133,3 +133,27 @@ def test_degenerate_orientation_has_no_position(tmp_path, iop):
     ds.save_as(path, enforce_file_format=True)
     [series] = scan([str(path)]).series
     assert series.instances[0].position is None
+
+
+def test_slice_position_is_image_position_along_the_normal_to_the_last_bit():
+    """The scanner's plain-float position equals numpy's cross and dot products, for oblique
+    planes too; NaN directions give no position."""
+    from pydicom.dataset import Dataset
+
+    from producer.scan import _slice_position
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        row = rng.normal(size=3)
+        row /= np.linalg.norm(row)
+        col = np.cross(row, rng.normal(size=3))
+        col /= np.linalg.norm(col)
+        ipp = rng.uniform(-400, 400, 3)
+        ds = Dataset()
+        ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*row, *col)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        expected = float(np.array([float(v) for v in ds.ImagePositionPatient]) @ np.cross(iop[:3], iop[3:]))
+        assert _slice_position(ds) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    ds.ImageOrientationPatient = ["nan", 0, 0, 0, 1, 0]
+    assert _slice_position(ds) is None
