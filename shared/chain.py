@@ -242,6 +242,21 @@ def chunk_size(items: int, processes: int) -> int:
     return max(1, min(8, items // (4 * max(1, processes))))
 
 
+def chunked(items: list, processes: int) -> list[list]:
+    """``items`` in pool tasks of `chunk_size`, shrinking towards the end when several processes
+    share them (guided scheduling: each chunk at most 1/(2·processes) of what is left), so the
+    processes finish together. Equal chunks of 8 leave 200 instances on 2 processes ending
+    with one process 8 instances (4% of the series) behind the other."""
+    size = chunk_size(len(items), processes)
+    chunks, start = [], 0
+    while start < len(items):
+        left = len(items) - start
+        step = size if processes <= 1 else max(1, min(size, -(-left // (2 * processes))))
+        chunks.append(items[start:start + step])
+        start += step
+    return chunks
+
+
 @dataclass
 class SeriesJob:
     """One series: its output prefix (pseudonymous study/series) and its instances in order."""
@@ -265,10 +280,8 @@ def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Ite
     per call: each chunk's outputs are durable when its records come back, so the manifest written
     after the last one only lists what the store holds.
     """
-    tasks = job.tasks()
-    size = chunk_size(len(tasks), processes)
     records = []
-    for chunk in map_fn(convert_chunk, [tasks[i:i + size] for i in range(0, len(tasks), size)]):
+    for chunk in map_fn(convert_chunk, chunked(job.tasks(), processes)):
         for record in chunk:
             if on_record:
                 on_record(record)
