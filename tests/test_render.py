@@ -263,3 +263,35 @@ def test_colour_deeper_than_8_bits_scales_by_bits_stored():
 def test_8_bit_colour_passes_through():
     arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     assert render_colour(arr, rgb(arr)) is arr
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8])
+@pytest.mark.parametrize("function", list(VoiFunction))
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_every_stored_value_renders_as_the_standards_table_whichever_route(dtype, function, photometric):
+    """Every value a ≤16-bit image can hold, under CT and other rescales and windows: the 8-bit
+    result equals the float64 table (window then truncation), whether the float32 multiply-add
+    route or the table itself applied it."""
+    from shared.pixels.render import stored_domain
+
+    arr = stored_domain(np.dtype(dtype)).reshape(-1, 256)
+    for slope, intercept in ((1.0, -1024.0), (0.5, -10.0), (2.5, 3.25)):
+        for center, width in WINDOWS + [(50.0, 350.0), (40.0, 80.0)]:
+            attrs = {"RescaleSlope": slope, "RescaleIntercept": intercept, "WindowCenter": center,
+                     "WindowWidth": width, "VOILUTFunction": function.value, "PhotometricInterpretation": photometric}
+            img, _ = render_8bit(arr, grey(arr, **attrs))
+            x = arr.astype(np.float64) * slope + intercept
+            want = apply_window(x, Window(center, width, function))
+            want = (255.0 - want if photometric == "MONOCHROME1" else want).astype(np.uint8)
+            assert np.array_equal(img, want), (slope, intercept, center, width)
+
+
+def test_the_float32_route_serves_the_usual_ct_windows():
+    """The route must be taken where it pays: the CT windows of this project's synthetic series
+    and the usual presets (one in eight or so falls back to the table, e.g. 50/350 on CT)."""
+    from shared.pixels.render import _window_lut
+
+    taken = {(c, w): _window_lut("<u2", 1.0, -1024.0, Window(c, w), False).affine is not None
+             for c, w in ((40.0, 400.0), (-600.0, 1500.0), (40.0, 80.0), (300.0, 1500.0), (50.0, 350.0))}
+    assert taken == {(40.0, 400.0): True, (-600.0, 1500.0): True, (40.0, 80.0): True,
+                     (300.0, 1500.0): True, (50.0, 350.0): False}

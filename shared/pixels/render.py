@@ -2,10 +2,12 @@
 
 Integer images up to 16 bits go through one lookup table built over every possible stored value,
 so a slice costs one ``np.take`` (half the time of ``table[index]``, same values); the table is
-cached across slices that share their parameters.
+cached across slices that share their parameters. A linear window whose table a float32
+multiply-add reproduces for every stored value is applied that way instead (a third faster).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -14,7 +16,7 @@ from pydicom.pixels.processing import apply_color_lut
 
 from ..errors import InvalidDicomError, UnsupportedError
 from .modality import apply_modality_lut, has_modality_lut, rescale_of
-from .voi import Window, apply_window, select_window, window_from_histogram
+from .voi import VoiFunction, Window, apply_window, select_window, window_from_histogram
 
 
 def stored_domain(dtype: np.dtype) -> np.ndarray:
@@ -38,12 +40,53 @@ def _to_uint8(display: np.ndarray, invert: bool) -> np.ndarray:
     return display.astype(np.uint8)  # truncation, as DCMTK does
 
 
+@dataclass(frozen=True)
+class _WindowLut:
+    """A window's display value for every stored value (``table``, in the order of the unsigned
+    view), and the float32 multiply-add that gives the same values (``affine``), if one does."""
+
+    table: np.ndarray
+    affine: tuple[np.float32, np.float32] | None
+
+
+def _affine_coefficients(slope: float, intercept: float, window: Window, invert: bool) -> tuple[float, float] | None:
+    """(a, b) with display = a·stored + b before clipping and truncation, for a linear window."""
+    c, w = window.center, window.width
+    if window.lut is not None:
+        return None
+    if window.function is VoiFunction.LINEAR and w > 1:
+        a, b = slope * 255.0 / (w - 1), ((intercept - c + 0.5) / (w - 1) + 0.5) * 255.0
+    elif window.function is VoiFunction.LINEAR_EXACT and w > 0:
+        a, b = slope * 255.0 / w, ((intercept - c) / w + 0.5) * 255.0
+    else:
+        return None
+    return (-a, 255.0 - b) if invert else (a, b)
+
+
+def _apply_affine(arr: np.ndarray, a: np.float32, b: np.float32) -> np.ndarray:
+    out = np.multiply(arr, a, dtype=np.float32)
+    np.add(out, b, out=out)
+    np.clip(out, 0.0, 255.0, out=out)
+    return out.astype(np.uint8)  # truncation, as the table's
+
+
 @lru_cache(maxsize=32)
-def _linear_table(dtype: str, slope: float, intercept: float, window: Window, invert: bool) -> np.ndarray:
-    domain = stored_domain(np.dtype(dtype)).astype(np.float64) * slope + intercept
-    table = _to_uint8(apply_window(domain, window), invert)
+def _window_lut(dtype: str, slope: float, intercept: float, window: Window, invert: bool) -> _WindowLut:
+    """The table, built in float64 as PS3.3 C.11.2 reads; the float32 route only where it gives
+    the table's value for every one of the 2^16 (or 2^8) stored values: each pixel is computed
+    by the same IEEE operations whatever the array, so equality over the domain is equality on
+    every image. (A value landing on a truncation boundary rounds differently now and then:
+    ~1 window in 8 here, which keeps the table.)"""
+    domain = stored_domain(np.dtype(dtype))
+    table = _to_uint8(apply_window(domain.astype(np.float64) * slope + intercept, window), invert)
     table.setflags(write=False)
-    return table
+    coefficients = _affine_coefficients(slope, intercept, window, invert)
+    affine = None
+    if coefficients is not None:
+        a, b = (np.float32(v) for v in coefficients)
+        if np.isfinite(a) and np.isfinite(b) and np.array_equal(_apply_affine(domain, a, b), table):
+            affine = (a, b)
+    return _WindowLut(table, affine)
 
 
 def _data_window(modality: np.ndarray, counts: np.ndarray | None, mode: str) -> Window:
@@ -66,7 +109,10 @@ def render_grey(arr: np.ndarray, ds: Dataset, *, window: str | tuple[float, floa
         index = arr.view(f"u{arr.dtype.itemsize}")
         if chosen is not None and not has_modality_lut(ds):
             slope, intercept = rescale_of(ds)
-            return np.take(_linear_table(arr.dtype.str, slope, intercept, chosen, invert), index), chosen
+            lut = _window_lut(arr.dtype.str, slope, intercept, chosen, invert)
+            if lut.affine is not None:  # 0.26 instead of 0.41 ms a 512² slice (np.take's indexing)
+                return _apply_affine(arr, *lut.affine), chosen
+            return np.take(lut.table, index), chosen
         modality = np.asarray(apply_modality_lut(stored_domain(arr.dtype), ds), dtype=np.float64)
         if chosen is None:
             counts = np.bincount(index.ravel(), minlength=modality.size)

@@ -132,7 +132,8 @@ def apply_window(values: np.ndarray, window: Window, *, out_max: float = 255.0) 
         return table[idx] * (out_max / top)
     c, w = window.center, window.width
     if window.function is VoiFunction.SIGMOID:
-        return out_max / (1.0 + np.exp(-4.0 * (x - c) / w))
+        with np.errstate(over="ignore"):  # far below the window exp overflows to inf: display 0
+            return out_max / (1.0 + np.exp(-4.0 * (x - c) / w))
     if window.function is VoiFunction.LINEAR_EXACT:
         y = ((x - c) / w + 0.5) * out_max
     else:
