@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -82,6 +83,23 @@ def test_targets_are_ratios_of_medians():
     assert got[(6, "png speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.714, True)
     assert got[(6, "floor png16 wall ÷ png16 w1 (beat the floor)")] == (None, None)
     assert got[(3, "png w1 deid wall ÷ png w1 (de-id adds ≤ 10%)")] == (None, None)
+
+
+def test_target_ratios_pair_the_runs_of_a_round():
+    """A slow phase of the host that caught the floor in rounds 1-2 and the chain only in round 2
+    moves the medians' ratio (1.25 / 2.0) but not the ratio within each round; a failed run
+    leaves its round out."""
+    rows = {"floor png": {"name": "floor png", "ok": True, "wall_s": 2.0, "walls": [1.0, 2.0, 2.0],
+                          "rounds": [0, 1, 2]},
+            "convert png w1": {"name": "convert png w1", "ok": True, "wall_s": 1.25,
+                               "walls": [1.2, 1.25, 2.4], "rounds": [0, 1, 2]},
+            "dicom2jpg": {"name": "dicom2jpg", "ok": True, "wall_s": 2.5, "walls": [1.8, 3.6],
+                          "rounds": [0, 2]}}
+    got = {(c["issue"], c["target"]): c["value"] for c in report.targets(rows, 1)}
+    assert got[(6, "png w1 wall ÷ floor png")] == 1.2  # median of 1.2, 0.625, 1.2
+    assert got[(6, "dicom2jpg wall ÷ png w1")] == 1.5  # rounds 0 and 2: 1.8/1.2, 3.6/2.4
+    assert report.paired_ratio(rows["floor png"], rows["convert png w1"], less_a=0.4, less_b=0.2) \
+        == pytest.approx(statistics.median([0.6 / 1.0, 1.6 / 1.05, 1.6 / 2.2]))
 
 
 def test_targets_for_deid_startup_and_fleet():
