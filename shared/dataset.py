@@ -147,21 +147,19 @@ def _read_plain(fp: io.BytesIO, data: bytes, *, stop_before_pixels: bool = False
     return ds
 
 
-#: Elements that every conversion or scan reads (geometry, pixel module, window, rescale,
-#: orientation, the embedded metadata, the scanner's order), with their dictionary VRs.
-_EAGER_KEYWORDS = (
+#: Elements that every conversion reads (geometry, pixel module, window, rescale, spacing,
+#: orientation, the embedded metadata) and those the scanner reads to order a series.
+_CONVERT_KEYWORDS = (
     "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
     "PhotometricInterpretation", "NumberOfFrames", "WindowCenter", "WindowWidth",
-    "RescaleIntercept", "RescaleSlope", "PixelSpacing", "ImageOrientationPatient",
-    "ImagePositionPatient", "InstanceNumber", "Modality", "StudyDate",
+    "RescaleIntercept", "RescaleSlope", "PixelSpacing", "ImageOrientationPatient", "Modality", "StudyDate",
 )
+_ORDER_KEYWORDS = ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient")
 #: VRs whose value needs no character set and no correction after conversion (no SQ, no
 #: ambiguous or UN VR, no LUT descriptor): for these, pydicom's conversion is `convert_value`.
 _EAGER_VRS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "DS", "IS", "CS", "DA", "TM", "UI"})
-_EAGER = {int(Tag(keyword)): dictionary_VR(keyword) for keyword in _EAGER_KEYWORDS}
-#: Of those, what the scanner reads of a header to order a series (`producer.scan`).
-_EAGER_ORDER = {tag: vr for tag, vr in _EAGER.items()
-                if tag in (0x00200013, 0x00200032, 0x00200037)}  # Instance Number, position, orientation
+_EAGER = {int(Tag(keyword)): dictionary_VR(keyword) for keyword in _CONVERT_KEYWORDS}
+_EAGER_ORDER = {int(Tag(keyword)): dictionary_VR(keyword) for keyword in _ORDER_KEYWORDS}
 
 
 def _converted(raw: RawDataElement, dictionary_vr: str) -> RawDataElement | DataElement:
