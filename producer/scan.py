@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-
 from shared.dataset import read_header
 from shared.errors import DicomfleetError, NoPixelDataError, NotDicomError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS

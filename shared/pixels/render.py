@@ -64,8 +64,9 @@ def _affine_coefficients(slope: float, intercept: float, window: Window, invert:
 
 
 def _apply_affine(arr: np.ndarray, a: np.float32, b: np.float32) -> np.ndarray:
-    out = np.multiply(arr, a, dtype=np.float32)
-    np.add(out, b, out=out)
+    with np.errstate(over="ignore"):  # an extreme rescale overflows to ±inf, which clips as the table does
+        out = np.multiply(arr, a, dtype=np.float32)
+        np.add(out, b, out=out)
     np.clip(out, 0.0, 255.0, out=out)
     return out.astype(np.uint8)  # truncation, as the table's
 
