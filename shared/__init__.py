@@ -2,6 +2,7 @@
 
 No Celery, no CLI, no storage client here beyond `shared.store`; producer and workers both use it.
 """
+import os
 import sys
 
 __version__ = "0.1.0"
@@ -13,3 +14,9 @@ __version__ = "0.1.0"
 # imports GDCM normally. ``setdefault``: if GDCM was imported already, gdcm_child removes it
 # from pydicom's plugins instead.
 sys.modules.setdefault("gdcm", None)  # type: ignore[arg-type]
+
+# numpy's OpenBLAS starts a thread per core when numpy is imported, and those threads spin: ~0.1 s
+# of CPU on the other cores in every process that imports numpy first thing, competing with the
+# pool processes. The chain uses no BLAS (its parallelism is processes), so one thread, unless
+# the environment says otherwise; effective when numpy is not imported yet (our entry points).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

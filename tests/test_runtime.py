@@ -42,3 +42,19 @@ def test_opencv_is_loaded_on_first_use_and_single_threaded():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.stdout.strip() == "False 1 True"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="thread count from /proc")
+@pytest.mark.parametrize("preset,threads", [(None, "1"), ("2", "2")])
+def test_numpy_starts_no_blas_threads_unless_the_environment_asks(preset, threads):
+    """Importing shared first keeps numpy's OpenBLAS to the calling thread (its pool threads spin
+    ~0.1 s of CPU at import); a value the environment sets wins."""
+    probe = ("import shared, numpy, os, re; "
+             "print(os.environ['OPENBLAS_NUM_THREADS'], "
+             "re.search(r'Threads:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if preset:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
+    assert done.stdout.split() == [threads, threads]
