@@ -4,10 +4,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.chain import SeriesJob, chunk_size, convert_series
 from shared.options import ConvertOptions
@@ -15,11 +14,14 @@ from shared.store import is_s3
 
 from .scan import Series, scan
 
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
 
 MapFn = Callable[[Callable, list], Iterable]
 
 
-def pool_map(pool: ProcessPoolExecutor, processes: int) -> MapFn:
+def pool_map(pool: "ProcessPoolExecutor", processes: int) -> MapFn:
     """``map`` over the pool in small chunks: even load, IPC amortised over a few items."""
     return lambda fn, items: pool.map(fn, items, chunksize=chunk_size(len(items), processes))
 
@@ -68,6 +70,8 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
         map_fn: MapFn = map
         series_map: MapFn = map  # convert_series hands it chunks of instances: one per pool task
         if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor  # multiprocessing: only for a pool
+
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
             map_fn, series_map = pool_map(pool, workers), pool.map
         # headers are read over the pool too (local files: S3 clients are not shared across fork)

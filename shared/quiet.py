@@ -10,7 +10,6 @@ worker), which run one instance at a time on one thread, and a process that asks
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,10 @@ def silence_in_this_process() -> None:
 
 
 def _enabled() -> bool:
-    return _requested or multiprocessing.parent_process() is not None
+    # a pool child has multiprocessing imported already; a process without it is no child, and
+    # need not import it (~5 ms of every one-worker run's start-up) to find that out
+    mp = sys.modules.get("multiprocessing")
+    return _requested or (mp is not None and mp.parent_process() is not None)
 
 
 @contextmanager
