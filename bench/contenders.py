@@ -122,19 +122,26 @@ def _fleet(workers: int) -> list[Contender]:
 
 def contenders(workers: int, *, compressed: tuple[str, ...] = ("j2k", "jls"),
                install_peers: bool = True) -> list[Contender]:
-    """Every contender of a full run, floors first (ratios need them)."""
-    out = [_floor(f) for f in FORMATS]
-    out += [_floor("png", kind) for kind in compressed]
+    """Every contender of a full run, in the order a round runs them: the two sides of each
+    target next to each other (the floor, png w1, its de-identified twin, png wN and the peers;
+    png16 beside its floor; the fleet beside the local run to S3), so that both sides of a ratio
+    run within seconds of each other on a host whose speed drifts."""
     counts = sorted({1, workers})
-    for f in FORMATS:
-        out += [_convert(f, n) for n in counts]
     deid = has_deid()
-    for f, n in (("png", 1), ("png+tiff", workers)):
-        c = _convert(f, n, deid=True)
+
+    def with_deid(output: str, n: int) -> Contender:
+        c = _convert(output, n, deid=True)
         if not deid:
             c.skip = "de-identification not available yet (no shared.deid)"
-        out.append(c)
-    out += [_convert("png", 1, source=kind) for kind in compressed]
-    out += [_naive(), _dicom2jpg(ensure_dicom2jpg(install_peers)), _dcmtk()]
+        return c
+
+    out = [_floor("png"), _convert("png", 1), with_deid("png", 1),
+           *(_convert("png", n) for n in counts if n != 1),
+           _dicom2jpg(ensure_dicom2jpg(install_peers)), _dcmtk(), _naive()]
+    for f in FORMATS[1:]:
+        out += [_floor(f), *(_convert(f, n) for n in counts)]
+    out.append(with_deid("png+tiff", workers))
+    for kind in compressed:
+        out += [_floor("png", kind), _convert("png", 1, source=kind)]
     out += _fleet(workers)
     return out

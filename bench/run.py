@@ -72,11 +72,13 @@ def default_outdir(workdir: Path) -> Path:
 def time_contenders(active: list[Contender], inputs: dict[str, Path], runs: int, workdir: Path,
                     slices: int, outdir: Path | None = None) -> dict[str, list[Sample]]:
     """Run every contender ``runs`` times, round-robin, so that load drift on a shared machine
-    falls on all of them alike. A contender that fails once is not run again."""
+    falls on all of them alike; every other round in reverse order, so that neither side of a
+    pair always runs first (a drift within the round cancels over two). A contender that fails
+    once is not run again."""
     outdir = outdir or workdir
     samples: dict[str, list[Sample]] = {c.name: [] for c in active}
     for r in range(runs):
-        for c in active:
+        for c in active if r % 2 == 0 else active[::-1]:
             if samples[c.name] and not samples[c.name][-1].ok:
                 continue
             out = fresh_dir(str(outdir / "out"))
