@@ -162,16 +162,42 @@ _EAGER = {int(Tag(keyword)): dictionary_VR(keyword) for keyword in _CONVERT_KEYW
 _EAGER_ORDER = {int(Tag(keyword)): dictionary_VR(keyword) for keyword in _ORDER_KEYWORDS}
 
 
-def _converted(raw: RawDataElement, dictionary_vr: str) -> RawDataElement | DataElement:
+def _from_raw(raw: RawDataElement, vr: str, encoding) -> DataElement:
     """``raw`` converted as pydicom's lazy access would (``convert_raw_data_element`` through
-    ``Dataset.__getitem__``), for the VRs of `_EAGER_VRS` (the dictionary's, in implicit VR):
-    the same value conversion without the hooks and the item bookkeeping around it, ~3 instead
-    of ~9 µs an element read (tests/test_dataset_plain.py holds the two equal)."""
+    ``Dataset.__getitem__``) for a VR that needs no correction after conversion (no SQ, no
+    ambiguous or UN VR, no LUT descriptor): the same `convert_value` without the hooks and the
+    item bookkeeping around it, ~3 instead of ~9 µs an element (tests/test_dataset_plain.py
+    holds the two equal)."""
+    return DataElement(raw.tag, vr, convert_value(vr, raw, encoding), raw.value_tell,
+                       raw.length == 0xFFFFFFFF, already_converted=True)
+
+
+def _converted(raw: RawDataElement, dictionary_vr: str) -> RawDataElement | DataElement:
+    """``raw`` converted (`_from_raw`) if its VR is one of `_EAGER_VRS` (the dictionary's, in
+    implicit VR), which need no character set; else as it is."""
     vr = raw.VR or dictionary_vr
     if vr not in _EAGER_VRS or raw.value is None:
         return raw
-    return DataElement(raw.tag, vr, convert_value(vr, raw, None), raw.value_tell,
-                       raw.length == 0xFFFFFFFF, already_converted=True)
+    return _from_raw(raw, vr, None)
+
+
+#: Text and UID VRs: converted by `convert_value` with the dataset's character set alone.
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+def text_element(ds: Dataset, tag: int) -> DataElement:
+    """``ds[tag]``; a still-raw element of a text or UID VR converted by `_from_raw` with the
+    dataset's character set (de-identification reads a few names and UIDs of every instance).
+    KeyError when absent."""
+    raw = ds.get_item(tag)
+    encoding = ds.original_character_set
+    if not isinstance(raw, RawDataElement) or raw.VR not in _TEXT_VRS or raw.value is None \
+            or tag == _SPECIFIC_CHARACTER_SET or not encoding:
+        return ds[tag]
+    elem = _from_raw(raw, raw.VR, encoding)
+    ds[tag] = elem
+    return elem
 
 
 def _read_bytes(fp: io.BytesIO, data: bytes, **kwargs) -> Dataset:

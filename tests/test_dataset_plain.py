@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
+from shared.errors import DicomfleetError
 from shared.dataset import _HEADER_TAG_LIST, _HEADER_VALUE_LIMIT, _read_plain, read_dataset, read_header
 
 from .conftest import TEST_FILES
@@ -87,3 +88,28 @@ def test_a_file_cut_anywhere_reads_as_dcmread_reads_it(files):
         plain = _read_plain(io.BytesIO(part), part)
         if plain is not None:
             _same(plain, _dcmread(part))
+
+
+def test_text_elements_convert_as_pydicom_converts_them(files):
+    """`text_element` (names, UIDs, dates, codes — de-identification reads them) gives what
+    pydicom's lazy access gives, in every character set of pydicom's files (its charset_files:
+    Arabic, Greek, Hebrew, Japanese, Korean, Russian, Chinese, multi-valued sets)."""
+    from shared.dataset import _TEXT_VRS, text_element
+
+    charsets = sorted((TEST_FILES.parent / "charset_files").glob("*.dcm"))
+    assert len(charsets) >= 10
+    seen = set()
+    for path in files + charsets:
+        data = path.read_bytes()
+        try:
+            mine, theirs = read_dataset(data), read_dataset(data)
+        except DicomfleetError:  # not DICOM, truncated: nothing to convert
+            continue
+        for tag in list(mine.keys()):
+            raw = mine.get_item(tag)
+            if isinstance(raw, DataElement) or raw.VR not in _TEXT_VRS:
+                continue
+            seen.add((raw.VR, str(mine.original_character_set)))
+            assert _converted(text_element(mine, tag)) == _converted(theirs[tag]), (path.name, tag)
+            assert mine.get_item(tag) is text_element(mine, tag)  # stored: converted once
+    assert len({vr for vr, _ in seen}) >= 10 and len({cs for _, cs in seen}) >= 10

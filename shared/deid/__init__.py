@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import BurnedInAnnotationError
 from ..options import ConvertOptions
 from .actions import META_REMOVE, Context, clean_elements, walk
-from .burned_in import Region, burned_in_reason
+from .burned_in import Region, burned_in_reason, text_value
 from .profile import action_table, load_table, method_codes
 from .pseudonyms import Pseudonymizer, current
 
@@ -45,15 +45,15 @@ def pseudonymous_prefix(study_uid: str, series_uid: str) -> str:
 def patient_key(ds: Dataset) -> str:
     """Who the instance belongs to, for the date shift and the map: Patient ID (with its issuer),
     else name and birth date, else the study (so at least a study stays consistent)."""
-    pid = str(ds.get("PatientID", "") or "").strip()
+    pid = text_value(ds, 0x00100020)  # Patient ID
     if pid:
-        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        issuer = text_value(ds, 0x00100021)  # Issuer of Patient ID
         return f"{pid}\0{issuer}" if issuer else pid
-    name = str(ds.get("PatientName", "") or "").strip()
-    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    name = text_value(ds, 0x00100010)  # Patient's Name
+    birth = text_value(ds, 0x00100030)  # Patient's Birth Date
     if name or birth:
         return f"{name}\0{birth}"
-    return "study\0" + str(ds.get("StudyInstanceUID", "") or "").strip()
+    return "study\0" + text_value(ds, 0x0020000D)  # Study Instance UID
 
 
 def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None = None) -> DeidResult:

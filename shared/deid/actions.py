@@ -19,6 +19,7 @@ from pydicom.uid import UID as UIDValue
 from pydicom.uid import UID_dictionary
 from pydicom.valuerep import PersonName
 
+from ..dataset import text_element
 from .profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, SAFE_PRIVATE, SHIFT, UID
 from .pseudonyms import Pseudonymizer, shift_date, shift_datetime
 
@@ -102,7 +103,7 @@ def walk(ds: Dataset, ctx: Context) -> None:
         if isinstance(elem, RawDataElement):
             if _settled_raw(elem, table, ctx, drop) or _replaced_raw(ds, elem, table, ctx):
                 continue
-            elem = ds[elem.tag]
+            elem = text_element(ds, elem.tag)
         tag = int(elem.tag)  # a plain int: BaseTag compares in Python
         action = table.get(tag)
         if action is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ..dataset import text_element
 from ..errors import ConfigError
 
 POLICIES = ("refuse", "mask")
@@ -23,18 +24,25 @@ LIKELY_MODALITIES = {"US": "ultrasound", "ES": "endoscopy", "XC": "external came
 Region = tuple[int, int, int, int]
 
 
+def text_value(ds: Dataset, tag: int) -> str:
+    """A text or UID attribute's value as stripped text, "" when absent or empty."""
+    if tag not in ds:
+        return ""
+    return str(text_element(ds, tag).value or "").strip()
+
+
 def burned_in_reason(ds: Dataset) -> str | None:
     """Why this instance may show identifying text in its pixels, or None."""
-    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    flag = text_value(ds, 0x00280301).upper()  # Burned In Annotation
     if flag == "YES":
         return "(0028,0301) Burned In Annotation is YES"
     if flag == "NO":
         return None
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = text_value(ds, 0x00080060).upper()  # Modality
     if modality in LIKELY_MODALITIES:
         return (f"(0028,0301) Burned In Annotation is absent and (0008,0060) Modality is {modality} "
                 f"({LIKELY_MODALITIES[modality]} images usually show the patient's name)")
-    if str(ds.get("SOPClassUID", "") or "") in SECONDARY_CAPTURE:
+    if text_value(ds, 0x00080016) in SECONDARY_CAPTURE:  # SOP Class UID
         return ("(0028,0301) Burned In Annotation is absent and (0008,0016) SOP Class is "
                 "Secondary Capture (screen captures usually show identifying text)")
     return None
