@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 MapFn = Callable[[Callable, list], Iterable]
 
 
-def pool_map(pool: "ProcessPoolExecutor", processes: int) -> MapFn:
+def pool_map(pool: ProcessPoolExecutor, processes: int) -> MapFn:
     """``map`` over the pool in small chunks: even load, IPC amortised over a few items."""
     return lambda fn, items: pool.map(fn, items, chunksize=chunk_size(len(items), processes))
 

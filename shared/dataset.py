@@ -200,6 +200,13 @@ def text_element(ds: Dataset, tag: int) -> DataElement:
     return elem
 
 
+def text_value(ds: Dataset, tag: int) -> str:
+    """A text or UID attribute's value as stripped text, "" when absent or empty."""
+    if tag not in ds:
+        return ""
+    return str(text_element(ds, tag).value or "").strip()
+
+
 def _read_bytes(fp: io.BytesIO, data: bytes, **kwargs) -> Dataset:
     """`_read` for a file held in memory: the usual layout through `_read_plain`."""
     ds = _read_plain(fp, data, **kwargs)

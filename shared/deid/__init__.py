@@ -15,10 +15,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .. import __version__
+from ..dataset import text_value
 from ..errors import BurnedInAnnotationError
 from ..options import ConvertOptions
 from .actions import META_REMOVE, Context, clean_elements, walk
-from .burned_in import Region, burned_in_reason, text_value
+from .burned_in import Region, burned_in_reason
 from .profile import action_table, load_table, method_codes
 from .pseudonyms import Pseudonymizer, current
 

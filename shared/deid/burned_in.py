@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..dataset import text_element
+from ..dataset import text_value
 from ..errors import ConfigError
 
 POLICIES = ("refuse", "mask")
@@ -22,13 +22,6 @@ SECONDARY_CAPTURE = frozenset({
 LIKELY_MODALITIES = {"US": "ultrasound", "ES": "endoscopy", "XC": "external camera"}
 
 Region = tuple[int, int, int, int]
-
-
-def text_value(ds: Dataset, tag: int) -> str:
-    """A text or UID attribute's value as stripped text, "" when absent or empty."""
-    if tag not in ds:
-        return ""
-    return str(text_element(ds, tag).value or "").strip()
 
 
 def burned_in_reason(ds: Dataset) -> str | None:
