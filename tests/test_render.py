@@ -295,3 +295,15 @@ def test_the_float32_route_serves_the_usual_ct_windows():
              for c, w in ((40.0, 400.0), (-600.0, 1500.0), (40.0, 80.0), (300.0, 1500.0), (50.0, 350.0))}
     assert taken == {(40.0, 400.0): True, (-600.0, 1500.0): True, (40.0, 80.0): True,
                      (300.0, 1500.0): True, (50.0, 350.0): False}
+
+
+@pytest.mark.parametrize("function", [VoiFunction.LINEAR, VoiFunction.LINEAR_EXACT])
+@pytest.mark.parametrize("center,width", WINDOWS)
+def test_linear_form_is_the_window_multiplied_out(function, center, width):
+    from shared.pixels.voi import linear_form
+
+    x = np.linspace(center - 2 * width, center + 2 * width, 1001)
+    a, b = linear_form(Window(center, width, function))
+    assert np.allclose(np.clip(a * x + b, 0, 255), apply_window(x, Window(center, width, function)),
+                       rtol=0, atol=1e-9)
+    assert linear_form(Window(center, width, VoiFunction.SIGMOID)) is None

@@ -16,7 +16,7 @@ from pydicom.pixels.processing import apply_color_lut
 
 from ..errors import InvalidDicomError, UnsupportedError
 from .modality import apply_modality_lut, has_modality_lut, rescale_of
-from .voi import VoiFunction, Window, apply_window, select_window, window_from_histogram
+from .voi import Window, apply_window, linear_form, select_window, window_from_histogram
 
 
 def stored_domain(dtype: np.dtype) -> np.ndarray:
@@ -50,16 +50,12 @@ class _WindowLut:
 
 
 def _affine_coefficients(slope: float, intercept: float, window: Window, invert: bool) -> tuple[float, float] | None:
-    """(a, b) with display = a·stored + b before clipping and truncation, for a linear window."""
-    c, w = window.center, window.width
-    if window.lut is not None:
+    """(a, b) with display = a·stored + b before clipping and truncation: the window's linear
+    form (`linear_form`) after the rescale, mirrored for an inverted display."""
+    form = linear_form(window)
+    if form is None:
         return None
-    if window.function is VoiFunction.LINEAR and w > 1:
-        a, b = slope * 255.0 / (w - 1), ((intercept - c + 0.5) / (w - 1) + 0.5) * 255.0
-    elif window.function is VoiFunction.LINEAR_EXACT and w > 0:
-        a, b = slope * 255.0 / w, ((intercept - c) / w + 0.5) * 255.0
-    else:
-        return None
+    a, b = form[0] * slope, form[0] * intercept + form[1]
     return (-a, 255.0 - b) if invert else (a, b)
 
 

@@ -139,3 +139,16 @@ def apply_window(values: np.ndarray, window: Window, *, out_max: float = 255.0) 
     else:
         y = ((x - (c - 0.5)) / (w - 1) + 0.5) * out_max if w > 1 else np.where(x > c - 0.5, out_max, 0.0)
     return np.clip(y, 0.0, out_max)
+
+
+def linear_form(window: Window, *, out_max: float = 255.0) -> tuple[float, float] | None:
+    """(a, b) such that `apply_window` is clip(a·x + b, 0, out_max) for a LINEAR window wider than
+    one or a LINEAR_EXACT one — its formulas multiplied out — and None for any other window."""
+    c, w = window.center, window.width
+    if window.lut is not None:
+        return None
+    if window.function is VoiFunction.LINEAR and w > 1:
+        return out_max / (w - 1), ((0.5 - c) / (w - 1) + 0.5) * out_max
+    if window.function is VoiFunction.LINEAR_EXACT and w > 0:
+        return out_max / w, (0.5 - c / w) * out_max
+    return None
