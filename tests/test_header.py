@@ -7,8 +7,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from shared.dataset import HEADER_PREFIX, HEADER_TAGS, read_header
-from shared.errors import NotDicomError
+from pydicom.multival import MultiValue
+
+from shared.dataset import HEADER_PREFIX, HEADER_TAGS, _plain_header_values, header_values, read_header
+from shared.errors import DicomfleetError, NotDicomError
+from tests.conftest import TEST_FILES
 from tests.synthetic import write_series
 
 
@@ -69,3 +72,39 @@ def test_big_endian_and_small_files_stop_at_their_pixel_data():
 def test_garbage_longer_than_the_prefix_is_still_not_dicom():
     with pytest.raises(NotDicomError):
         read_header(io.BytesIO(bytes(range(256)) * (HEADER_PREFIX // 128)))
+
+
+def _dataset_values(ds) -> dict:
+    """`header_values` as read from a dataset: the header attributes present, the file meta's SOP class."""
+    values = {k: ds.get(k) for k in HEADER_TAGS if k in ds}
+    if "MediaStorageSOPClassUID" in ds.file_meta:
+        values["MediaStorageSOPClassUID"] = ds.file_meta.MediaStorageSOPClassUID
+    return values
+
+
+def _typed(values: dict) -> dict:
+    """Values with their types and text, element by element: a DSfloat is not a float."""
+    return {k: (type(v), [(type(x), x, str(x)) for x in v] if isinstance(v, MultiValue) else (v, str(v)))
+            for k, v in values.items()}
+
+
+def test_header_values_are_read_headers_values_for_every_bundled_file(tmp_path):
+    """Walked without a dataset where the layout allows, the values equal those read_header's
+    dataset gives (pydicom's conversion): every bundled file, a synthetic CT, one whose header
+    outgrows the prefix; the dataset-free path taken for most of them."""
+    paths = sorted(p for p in TEST_FILES.rglob("*") if p.is_file() and p.suffix.lower() in ("", ".dcm"))
+    paths += write_series(tmp_path, slices=2, size=64)
+    datas = [p.read_bytes() for p in paths] + [_with_private_block(paths[-1], HEADER_PREFIX)]
+    walked = compared = 0
+    for data in datas:
+        try:
+            expected = _dataset_values(read_header(io.BytesIO(data)))
+        except DicomfleetError as err:
+            with pytest.raises(type(err)):
+                header_values(io.BytesIO(data))
+            continue
+        assert _typed(header_values(io.BytesIO(data))) == _typed(expected)
+        compared += 1
+        walked += _plain_header_values(data[:HEADER_PREFIX], whole=len(data) <= HEADER_PREFIX) is not None
+    assert compared >= 80 and walked >= 0.6 * compared
+    assert _plain_header_values(datas[-1][:HEADER_PREFIX], whole=False) is None  # read from the file

@@ -137,7 +137,7 @@ def test_degenerate_orientation_has_no_position(tmp_path, iop):
 
 def test_slice_position_is_image_position_along_the_normal_to_the_last_bit():
     """The scanner's plain-float position equals numpy's cross and dot products, for oblique
-    planes too; NaN directions give no position."""
+    planes too; NaN directions give no position, nor a missing or malformed attribute."""
     from pydicom.dataset import Dataset
 
     from producer.scan import _slice_position
@@ -149,11 +149,13 @@ def test_slice_position_is_image_position_along_the_normal_to_the_last_bit():
         col = np.cross(row, rng.normal(size=3))
         col /= np.linalg.norm(col)
         ipp = rng.uniform(-400, 400, 3)
-        ds = Dataset()
+        ds = Dataset()  # the values as pydicom converts them (DS multi-values)
         ds.ImageOrientationPatient = [f"{v:.10g}" for v in (*row, *col)]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        values = {"ImageOrientationPatient": ds.ImageOrientationPatient, "ImagePositionPatient": ds.ImagePositionPatient}
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         expected = float(np.array([float(v) for v in ds.ImagePositionPatient]) @ np.cross(iop[:3], iop[3:]))
-        assert _slice_position(ds) == pytest.approx(expected, rel=1e-12, abs=1e-9)
-    ds.ImageOrientationPatient = ["nan", 0, 0, 0, 1, 0]
-    assert _slice_position(ds) is None
+        assert _slice_position(values) == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    assert _slice_position({**values, "ImageOrientationPatient": ["nan", 0, 0, 0, 1, 0]}) is None
+    assert _slice_position({**values, "ImagePositionPatient": "12.5"}) is None  # one value, not three
+    assert _slice_position({"ImagePositionPatient": values["ImagePositionPatient"]}) is None
