@@ -443,15 +443,14 @@ def _check_elements(ds: Dataset) -> None:
     """Raise what pydicom's lazy conversion of any element would raise, converting only those that
     can fail (sequences, unknown or implicit VRs, numbers of a wrong length): the same errors as
     converting every element (``iterall``) at a tenth of its cost, since values stay raw."""
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
+    for raw in ds.values():  # the elements as held, raw or converted (no deferred values here)
         if isinstance(raw, RawDataElement):
             if raw.VR in _SAFE_VRS:
                 continue
             width = _NUMERIC_WIDTH.get(raw.VR)
             if width is not None and raw.value is not None and len(raw.value) % width == 0:
                 continue
-        elem = ds[tag]
+        elem = ds[raw.tag]
         if elem.VR == "SQ":
             for item in elem.value:
                 _check_elements(item)

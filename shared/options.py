@@ -1,6 +1,7 @@
 """Conversion parameters: one validated, JSON-serialisable value shared by CLI, pool and workers."""
 from __future__ import annotations
 
+import copy
 import enum
 import os
 import re
@@ -166,12 +167,28 @@ class ConvertOptions:
 
     @classmethod
     def from_json(cls, data: dict) -> "ConvertOptions":
+        """The options of a task's JSON, validated. Every task of a series carries the same
+        options: the last ones parsed are answered again when equal (a dict comparison, ~1 µs,
+        against ~12 µs of validation an instance)."""
+        last = _last_parsed
+        if last is not None and last[0] == data and type(last[1]) is cls:
+            return last[1]
         if not isinstance(data, dict):
             raise ConfigError(f"options must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown option(s) {sorted(unknown)!r}")
-        return cls(**{**data, "formats": tuple(data.get("formats", ("png",)))})
+        opts = cls(**{**data, "formats": tuple(data.get("formats", ("png",)))})
+        _set_last_parsed((copy.deepcopy(data), opts))  # a copy: the caller's dict may change
+        return opts
+
+
+_last_parsed: tuple[dict, ConvertOptions] | None = None
+
+
+def _set_last_parsed(entry: tuple[dict, ConvertOptions]) -> None:
+    global _last_parsed
+    _last_parsed = entry
 
 
 def env(name: str, default: str | None = None) -> str | None:

@@ -237,3 +237,23 @@ def test_options_are_validated_and_travel_as_json():
             ConvertOptions(deid=False, **bad)
     result = CliRunner().invoke(app, ["convert", str(Path(__file__)), "--out", "/tmp/x", "--orientation", "sideways"])
     assert result.exit_code == 2 and "invalid orientation 'sideways'" in result.output
+
+
+def test_a_tasks_options_are_parsed_once_for_equal_json_and_again_for_any_change():
+    """Every task of a series carries the same options: from_json answers the last parsed
+    object again for equal JSON, a new one for any difference, and never what the caller's dict
+    became after parsing."""
+    from shared.errors import ConfigError
+
+    data = ConvertOptions(max_size=256, deid=False).to_json()
+    first = ConvertOptions.from_json(data)
+    assert ConvertOptions.from_json({**data}) is first
+    assert ConvertOptions.from_json(json.loads(json.dumps(data))) == first  # as a Celery task has it
+    data["max_size"] = 128  # the caller's dict changes: the remembered options do not
+    assert first.max_size == 256
+    second = ConvertOptions.from_json(data)
+    assert second.max_size == 128 and second is not first
+    data["max_size"] = 0
+    with pytest.raises(ConfigError):
+        ConvertOptions.from_json(data)  # invalid JSON is validated, never answered from memory
+    assert ConvertOptions.from_json({**data, "max_size": 128}) is second
