@@ -58,3 +58,22 @@ def test_numpy_starts_no_blas_threads_unless_the_environment_asks(preset, thread
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
     assert done.stdout.split() == [threads, threads]
+
+
+def test_modules_pydicom_imports_but_a_conversion_never_uses_load_on_first_use():
+    """After `import_pydicom_lean` the HTTP stack of pydicom's downloader and pydicom's examples
+    are stand-ins, not loaded; the first attribute asked of each loads the real module, which
+    then stands in sys.modules and in its package."""
+    probe = (
+        "import sys, types; from shared.runtime import DEFERRED_MODULES, import_pydicom_lean; import_pydicom_lean(); "
+        "print([type(sys.modules[n]).__name__ for n in DEFERRED_MODULES], "
+        "[n for n in ('http.client', 'ssl') if type(sys.modules.get(n)) is types.ModuleType]); "
+        "import pydicom, urllib.request; from pydicom.data import download; "
+        "print(pydicom.examples.ct.Rows, urllib.request.Request('http://example.invalid/x').host, "
+        "download.urllib.request is sys.modules['urllib.request'], "
+        "[type(sys.modules[n]) is types.ModuleType for n in DEFERRED_MODULES], 'ssl' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.stdout.splitlines() == [
+        "['_Deferred', '_Deferred'] []",
+        "128 example.invalid True [True, True] True"]
