@@ -120,20 +120,56 @@ _EXTENSION_SCHEMA = (
     + "</rdf:Seq></pdfaSchema:property></rdf:li></rdf:Bag></pdfaExtension:schemas>")
 
 
-def exif_bytes(fields: dict[str, str]) -> bytes:
-    """A TIFF-structured EXIF block (no 'Exif\\0\\0' header) of the mapped fields."""
-    from PIL import Image
+_ASCII, _LONG = 2, 4  # TIFF field types
+_EXIF_IFD = 0x8769  # IFD0's pointer to the Exif IFD
 
-    exif = Image.Exif()
-    exif[0x0131] = SOFTWARE  # Software
+
+def _tiff_ascii(text: str) -> bytes:
+    return _ascii(text).encode("ascii") + b"\0"
+
+
+def _ifd(entries: dict[int, bytes | int], offset: int) -> bytes:
+    """One little-endian TIFF IFD that starts at ``offset`` of the block, followed by the values
+    that do not fit its entries (each at an even offset, as TIFF asks): ASCII values as NUL-ended
+    bytes, LONG values as ints. Tags in ascending order; no next IFD."""
+    data_at = offset + 2 + 12 * len(entries) + 4
+    fields, values = [struct.pack("<H", len(entries))], []
+    for tag in sorted(entries):
+        value = entries[tag]
+        if isinstance(value, int):
+            fields.append(struct.pack("<HHII", tag, _LONG, 1, value))
+        elif len(value) <= 4:
+            fields.append(struct.pack("<HHI", tag, _ASCII, len(value)) + value.ljust(4, b"\0"))
+        else:
+            fields.append(struct.pack("<HHII", tag, _ASCII, len(value), data_at))
+            values.append(value + b"\0" * (len(value) % 2))
+            data_at += len(values[-1])
+    fields.append(struct.pack("<I", 0))
+    return b"".join(fields + values)
+
+
+def exif_bytes(fields: dict[str, str]) -> bytes:
+    """A TIFF-structured EXIF block (no 'Exif\\0\\0' header) of the mapped fields: IFD0 with
+    Software and ImageDescription, an Exif IFD with DateTimeOriginal and BodySerialNumber.
+
+    Written here rather than by Pillow's ``Image.Exif``, whose first use in a process imports
+    its TIFF plugin (~5 ms of every pool process's first slice); tests/test_metadata.py reads
+    the block back with Pillow."""
+    ifd0: dict[int, bytes | int] = {0x0131: _tiff_ascii(SOFTWARE)}  # Software
     if "series_description" in fields:
-        exif[0x010E] = _ascii(fields["series_description"])  # ImageDescription
-    sub = exif.get_ifd(0x8769)  # the Exif IFD
+        ifd0[0x010E] = _tiff_ascii(fields["series_description"])  # ImageDescription
+    exif: dict[int, bytes | int] = {}
     if "study_date" in fields:
-        sub[0x9003] = exif_datetime(fields["study_date"])  # DateTimeOriginal
+        exif[0x9003] = _tiff_ascii(exif_datetime(fields["study_date"]))  # DateTimeOriginal
     if "device_serial_number" in fields:
-        sub[0xA431] = _ascii(fields["device_serial_number"])  # BodySerialNumber
-    return exif.tobytes()[6:]
+        exif[0xA431] = _tiff_ascii(fields["device_serial_number"])  # BodySerialNumber
+    header = b"II*\0" + struct.pack("<I", 8)  # little endian, IFD0 at byte 8
+    if not exif:
+        return header + _ifd(ifd0, 8)
+    ifd0[_EXIF_IFD] = 0  # its offset follows IFD0, whose length does not depend on it
+    ifd0[_EXIF_IFD] = 8 + len(_ifd(ifd0, 8))
+    first = _ifd(ifd0, 8)
+    return header + first + _ifd(exif, 8 + len(first))
 
 
 @lru_cache(maxsize=64)

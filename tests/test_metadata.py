@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 import zlib
 from pathlib import Path
 
@@ -173,3 +174,37 @@ def test_png_chunks_and_jpeg_segments_stay_valid(series, tmp_path):
     with Image.open(io.BytesIO(jpeg)) as im:
         im.load()
         assert im.size == (32, 32)
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"series_description": "ab"},  # a value that fits its entry
+    {"study_date": "2026-03-02"},
+    {"series_description": "Chest 1.0 CE", "study_date": "2026-03-02", "device_serial_number": "SN-77"},
+    {"series_description": "odd length!", "device_serial_number": "Ü-9"},  # not ASCII: replaced
+])
+def test_the_exif_block_reads_back_in_pillow_field_by_field(fields):
+    """Our TIFF-structured EXIF block, as Pillow's reader sees it: every mapped field in its IFD,
+    nothing else, and every value that follows an IFD at an even offset."""
+    from shared.metadata import SOFTWARE, exif_bytes, exif_datetime
+
+    block = exif_bytes(fields)
+    exif = Image.Exif()
+    exif.load(b"Exif\0\0" + block)
+    sub = exif.get_ifd(0x8769)
+    expected0 = {0x0131: SOFTWARE}
+    if "series_description" in fields:
+        expected0[0x010E] = fields["series_description"].encode("ascii", "replace").decode()
+    expected_sub = {}
+    if "study_date" in fields:
+        expected_sub[0x9003] = exif_datetime(fields["study_date"])
+    if "device_serial_number" in fields:
+        expected_sub[0xA431] = fields["device_serial_number"].encode("ascii", "replace").decode()
+    assert {k: v for k, v in exif.items() if k != 0x8769} == expected0
+    assert dict(sub) == expected_sub and (0x8769 in exif) == bool(expected_sub)
+    for ifd_at in [8] + ([exif[0x8769]] if expected_sub else []):
+        count = struct.unpack_from("<H", block, ifd_at)[0]
+        for i in range(count):
+            kind, length, at = struct.unpack_from("<HII", block, ifd_at + 2 + 12 * i + 2)
+            if kind == 2 and length > 4:
+                assert at % 2 == 0 and block[at + length - 1] == 0
