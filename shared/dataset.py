@@ -196,9 +196,10 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
 
-def text_element(ds: Dataset, tag: int) -> DataElement:
+def text_element(ds: Dataset, tag: int, *, store: bool = True) -> DataElement:
     """``ds[tag]``; a still-raw element of a text or UID VR converted by `_from_raw` with the
-    dataset's character set (de-identification reads a few names and UIDs of every instance).
+    dataset's character set (de-identification reads a few names and UIDs of every instance),
+    and stored in ``ds`` unless ``store`` is False (its value is about to be replaced).
     KeyError when absent."""
     raw = ds.get_item(tag)
     encoding = ds.original_character_set
@@ -206,7 +207,8 @@ def text_element(ds: Dataset, tag: int) -> DataElement:
             or tag == _SPECIFIC_CHARACTER_SET or not encoding:
         return ds[tag]
     elem = _from_raw(raw, raw.VR, encoding)
-    ds[tag] = elem
+    if store:
+        ds[tag] = elem
     return elem
 
 

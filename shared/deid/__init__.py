@@ -18,7 +18,7 @@ from .. import __version__
 from ..dataset import text_value
 from ..errors import BurnedInAnnotationError
 from ..options import ConvertOptions
-from .actions import META_REMOVE, Context, clean_elements, walk
+from .actions import META_REMOVE, Context, clean_elements, replace_uid, walk
 from .burned_in import Region, burned_in_reason
 from .profile import action_table, load_table, method_codes
 from .pseudonyms import Pseudonymizer, current
@@ -78,8 +78,7 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
         for tag in META_REMOVE:
             if tag in meta:
                 del meta[tag]
-        if _MEDIA_SOP_UID in meta and meta[_MEDIA_SOP_UID].value:
-            meta[_MEDIA_SOP_UID].value = ctx.uid(str(meta[_MEDIA_SOP_UID].value))
+        replace_uid(meta, _MEDIA_SOP_UID, ctx)
     clean_elements(ctx.to_clean, ctx.identifiers)
     _stamp(ds, options, masked=reason is not None)
     if opts.pseudonym_map:

@@ -117,7 +117,9 @@ def walk(ds: Dataset, ctx: Context) -> None:
                 for item in elem.value or ():
                     walk(item, ctx)
             elif elem.VR == "UI" and group != 0x0002 and not _empty(elem.value):
-                elem.value = _each(elem.value, lambda v: v if v in _WELL_KNOWN_UIDS else ctx.uid(v))
+                mapped = _each(elem.value, lambda v: v if v in _WELL_KNOWN_UIDS else ctx.uid(v))
+                if mapped != elem.value:  # a well-known UID (SOP class) is left as it is
+                    elem.value = mapped
             continue
         if action == REMOVE:
             drop.append(tag)
@@ -195,13 +197,27 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
     action = table.get(int(raw.tag))
     if raw.VR == "UI":
         return _replaced_raw_uid(ds, raw, action, ctx)
-    if ctx.collect or raw.VR not in _PADDED_STRINGS or action not in (EMPTY, DUMMY):
+    if ctx.collect or action not in (EMPTY, DUMMY):
+        return False
+    if action == DUMMY and raw.VR in _TEXT_VRS:
+        return _pseudonymised_raw(ds, raw, ctx)
+    if raw.VR not in _PADDED_STRINGS:
         return False
     if action == DUMMY and (raw.VR not in _DUMMY_CONSTANTS or int(raw.tag) == _PATIENT_ID):
         return False
     if raw.value is None or not raw.value.strip(b" \0"):
         return True  # empty once converted: walk leaves it
     ds[raw.tag] = _raw_text(raw, "" if action == EMPTY else _DUMMY_CONSTANTS[raw.VR], b" ")
+    return True
+
+
+def _pseudonymised_raw(ds: Dataset, raw: RawDataElement, ctx: Context) -> bool:
+    """D on a still-unconverted text element: its value converted as pydicom converts it (not
+    stored), its pseudonym (`_dummy_text`) set as a raw element. What `walk` would do after
+    converting it, without a validated DataElement made and replaced (~4 of ~7 µs an element)."""
+    value = text_element(ds, raw.tag, store=False).value
+    if not _empty(value):
+        ds[raw.tag] = _raw_text(raw, _dummy_text(int(raw.tag), value, ctx), b" ")
     return True
 
 
@@ -212,7 +228,18 @@ def _raw_text(raw: RawDataElement, text: str, pad: bytes) -> RawDataElement:
     value = text.encode("ascii")
     if len(value) & 1:
         value += pad
-    return raw._replace(value=value, length=len(value))
+    return RawDataElement(raw.tag, raw.VR, len(value), value, raw.value_tell, raw.is_implicit_VR,
+                          raw.is_little_endian, raw.is_raw, raw.is_buffered)  # ~2× _replace's speed
+
+
+def replace_uid(ds: Dataset, tag: int, ctx: Context) -> None:
+    """Pseudonymise the UID element ``tag`` of ``ds`` if present and not empty (the file meta's
+    Media Storage SOP Instance UID), raw or converted as it is."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        _replaced_raw_uid(ds, elem, UID, ctx)
+    elif elem is not None and not _empty(elem.value):
+        elem.value = _each(elem.value, ctx.uid)
 
 
 def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx: Context) -> bool:
@@ -232,7 +259,9 @@ def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx:
     items = (raw.value or b"").decode("iso8859").rstrip(" \x00").split("\\")
     if len(items) == 1 and not items[0]:
         return True  # empty once converted: walk leaves it
-    ds[raw.tag] = _raw_text(raw, "\\".join(fn(UIDValue(v)) for v in items), b"\0")
+    mapped = [fn(UIDValue(v)) for v in items]
+    if mapped != items:  # well-known UIDs (SOP classes, transfer syntaxes) stay as they are
+        ds[raw.tag] = _raw_text(raw, "\\".join(mapped), b"\0")
     return True
 
 
@@ -240,13 +269,8 @@ def _dummy(elem: DataElement, tag: int, vr: str, ctx: Context) -> None:
     """Replace a value with a keyed pseudonym (text, UIDs) or a dummy of its VR."""
     if vr == "SQ":
         elem.value = []  # items of D sequences (persons, annotations) hold identifying codes
-    elif tag == _PATIENT_ID:  # the instance's patient, or another one named in a sequence
-        original = " ".join(str(v) for v in _values(elem.value))
-        elem.value = ctx.pseudo.patient_id(ctx.patient_key if original == ctx.patient_id else original)
-        if ctx.pairs is not None:
-            ctx.pairs[original] = elem.value
-    elif vr in _TEXT_VRS:
-        elem.value = ctx.pseudo.text("\\".join(str(v) for v in _values(elem.value)))
+    elif tag == _PATIENT_ID or vr in _TEXT_VRS:
+        elem.value = _dummy_text(tag, elem.value, ctx)
     elif vr in _DUMMY_CONSTANTS:
         elem.value = _DUMMY_CONSTANTS[vr]
     elif vr == "UI":
@@ -257,6 +281,18 @@ def _dummy(elem: DataElement, tag: int, vr: str, ctx: Context) -> None:
         elem.value = b"\0\0"
     else:  # AT and anything unforeseen: nothing safe to put there
         elem.value = None
+
+
+def _dummy_text(tag: int, value, ctx: Context) -> str:
+    """The pseudonym of a text value: the patient's for Patient ID (the instance's own patient,
+    or another one named in a sequence), an opaque token for any other text."""
+    if tag == _PATIENT_ID:
+        original = " ".join(str(v) for v in _values(value))
+        new = ctx.pseudo.patient_id(ctx.patient_key if original == ctx.patient_id else original)
+        if ctx.pairs is not None:
+            ctx.pairs[original] = new
+        return new
+    return ctx.pseudo.text("\\".join(str(v) for v in _values(value)))
 
 
 def _shift(elem: DataElement, vr: str, days: int) -> None:
