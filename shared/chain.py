@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .attributes import value_of
 from .dataset import decode_pixels, read_dataset
 from .deid import deidentify
 from .deid.burned_in import Region, mask_regions
@@ -52,7 +53,7 @@ class Output:
 
 def _frames(arr: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     """Split a decoded instance into frames (pydicom puts frames first when NumberOfFrames > 1)."""
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    nframes = int(value_of(ds, "NumberOfFrames", 1) or 1)
     return list(arr) if nframes > 1 else [arr]
 
 
@@ -79,8 +80,8 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
     frames = _frames(arr, ds)
     multi = len(frames) > 1
     colour = is_colour(ds)
-    info: dict = {"frames": len(frames), "rows": int(ds.Rows), "columns": int(ds.Columns),
-                  "photometric": str(ds.get("PhotometricInterpretation", ""))}
+    info: dict = {"frames": len(frames), "rows": int(value_of(ds, "Rows")), "columns": int(value_of(ds, "Columns")),
+                  "photometric": str(value_of(ds, "PhotometricInterpretation", ""))}
     outputs: list[Output] = []
     wanted = set(opts.formats)
     if Format.PNG16 in wanted and (arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2):

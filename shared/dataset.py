@@ -30,6 +30,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
 
 from .elements import walk_elements
+from .attributes import has, value_of
 from .codestream import j2k_size, jpeg_size, rle_capacity
 from .native import native_pixels
 from .gdcm_child import GDCM_SYNTAXES, ChildDecodeError, decode_in_child
@@ -459,7 +460,7 @@ def _check_elements(ds: Dataset) -> None:
 
 
 def _int_tag(ds: Dataset, keyword: str, tag: str, default: int | None = None) -> int:
-    value = ds.get(keyword, default)
+    value = value_of(ds, keyword, default)
     if value is None or value == "":
         if default is not None:
             return default
@@ -489,7 +490,7 @@ def pixel_geometry(ds: Dataset) -> tuple[int, int, int, int, int]:
 
 def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     """Refuse absurd or lying headers before any decoder allocates memory for them."""
-    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    keyword = next((k for k in _PIXEL_KEYWORDS if has(ds, k)), None)
     if keyword is None:
         raise NoPixelDataError(f"no pixel data (SOP class {_sop_class_name(ds)})")
     frames, rows, cols, spp, bits = pixel_geometry(ds)
@@ -500,7 +501,7 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
             f"the pixel budget of {max_pixels} (DICOMFLEET_MAX_PIXELS)"
         )
     elem = ds[keyword]
-    ts = ds.file_meta.get("TransferSyntaxUID", None)
+    ts = value_of(ds.file_meta, "TransferSyntaxUID")
     if keyword == "PixelData" and ts is not None:
         if not ts.is_transfer_syntax:
             raise UnsupportedError(
@@ -509,7 +510,7 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
             check_codestreams(ds, frames, rows, cols, spp, bits)
             return
     per_sample_bits = bits
-    if ds.get("PhotometricInterpretation", "") == "YBR_FULL_422" and keyword == "PixelData":
+    if value_of(ds, "PhotometricInterpretation", "") == "YBR_FULL_422" and keyword == "PixelData":
         samples = samples * 2 // 3
     expected = (samples * per_sample_bits + 7) // 8
     held = len(elem.value) if elem.value is not None else 0

@@ -20,6 +20,7 @@ from xml.sax.saxutils import escape
 from pydicom.dataset import Dataset
 
 from . import __version__
+from .attributes import value_of
 from .deid.metadata import safe_attributes
 from .options import ConvertOptions
 
@@ -41,17 +42,17 @@ def _clean(value: object, limit: int = 64) -> str:
 def embedded_fields(ds: Dataset, opts: ConvertOptions) -> dict[str, str]:
     """The mapped attributes present in (de-identified) ``ds``; dates as YYYY-MM-DD."""
     out: dict[str, str] = {}
-    match = _DATE.match(str(ds.get("StudyDate", "") or "").strip())
+    match = _DATE.match(str(value_of(ds, "StudyDate", "") or "").strip())
     if match:
         out["study_date"] = "-".join(match.groups())
     modality = safe_attributes(ds, ("Modality",)).get("Modality")
     if modality:
         out["modality"] = _clean(modality, 16)
-    description = _clean(ds.get("SeriesDescription", "") or "")
+    description = _clean(value_of(ds, "SeriesDescription", "") or "")
     if description:
         out["series_description"] = description
     if opts.deid and RETAIN_DEVICE in opts.deid_options:
-        serial = _clean(ds.get("DeviceSerialNumber", "") or "")
+        serial = _clean(value_of(ds, "DeviceSerialNumber", "") or "")
         if serial:
             out["device_serial_number"] = serial
     return out

@@ -12,22 +12,24 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from .attributes import has, value_of
+
 _PLAIN_SYNTAXES = frozenset((ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                              DeflatedExplicitVRLittleEndian))  # inflated when read
 _MONOCHROME = frozenset(("MONOCHROME1", "MONOCHROME2"))
 
 
 def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    value = ds.get(keyword, default)
+    value = value_of(ds, keyword, default)
     return int(value) if isinstance(value, int) else None  # IS and US values; not str/MultiValue
 
 
 def native_pixels(ds: Dataset) -> np.ndarray | None:
     """The pixels pydicom's ``pixel_array`` would give for native little-endian 8/16/32-bit
     single-sample greyscale data, or None when the instance is anything else."""
-    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") not in _PLAIN_SYNTAXES:
+    if not has(ds, "PixelData") or value_of(ds.file_meta, "TransferSyntaxUID") not in _PLAIN_SYNTAXES:
         return None
-    if ds.get("PhotometricInterpretation") not in _MONOCHROME:
+    if value_of(ds, "PhotometricInterpretation") not in _MONOCHROME:
         return None
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     bits, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored")
@@ -37,7 +39,7 @@ def native_pixels(ds: Dataset) -> np.ndarray | None:
         return None
     if not (rows and cols and frames and 0 < stored <= bits and rows > 0 and cols > 0 and frames > 0):
         return None
-    data = ds.PixelData
+    data = value_of(ds, "PixelData")
     count = frames * rows * cols
     if not isinstance(data, bytes) or len(data) < count * bits // 8:
         return None

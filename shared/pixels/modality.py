@@ -6,10 +6,11 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut as _pydicom_modality_lut
 
 from ..errors import InvalidDicomError
+from ..attributes import has, value_of
 
 
 def _ds_float(ds: Dataset, keyword: str, tag: str, default: float) -> float:
-    raw = ds.get(keyword)
+    raw = value_of(ds, keyword)
     if raw is None or raw == "":
         return default
     try:
@@ -31,7 +32,7 @@ def rescale_of(ds: Dataset) -> tuple[float, float]:
 
 
 def has_modality_lut(ds: Dataset) -> bool:
-    return "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence) > 0
+    return has(ds, "ModalityLUTSequence") and len(ds.ModalityLUTSequence) > 0
 
 
 def apply_modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ..attributes import has, value_of
 from ..errors import InvalidDicomError
 from ..runtime import opencv
 
@@ -37,11 +38,11 @@ _TARGETS = {
 def _functional(ds: Dataset, sequence: str, keyword: str):
     """``keyword`` from the shared functional groups, else the first frame's (enhanced IODs)."""
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        items = ds.get(groups)
+        items = value_of(ds, groups)
         if items:
-            inner = items[0].get(sequence)
-            if inner and keyword in inner[0]:
-                return inner[0].get(keyword)
+            inner = value_of(items[0], sequence)
+            if inner and has(inner[0], keyword):
+                return value_of(inner[0], keyword)
     return None
 
 
@@ -72,17 +73,17 @@ def _raw(value) -> tuple[str, ...] | None:
 
 
 def _orientation_value(ds: Dataset) -> tuple[str, ...] | None:
-    value = ds.get("ImageOrientationPatient")
+    value = value_of(ds, "ImageOrientationPatient")
     if value is None:
         value = _functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
     return _raw(value)
 
 
 def _spacing_values(ds: Dataset) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
-    return (("(0028,0030) Pixel Spacing", _raw(ds.get("PixelSpacing"))),
+    return (("(0028,0030) Pixel Spacing", _raw(value_of(ds, "PixelSpacing"))),
             ("(0028,0030) Pixel Spacing", _raw(_functional(ds, "PixelMeasuresSequence", "PixelSpacing"))),
-            ("(0018,1164) Imager Pixel Spacing", _raw(ds.get("ImagerPixelSpacing"))),
-            ("(0028,0034) Pixel Aspect Ratio", _raw(ds.get("PixelAspectRatio"))))
+            ("(0018,1164) Imager Pixel Spacing", _raw(value_of(ds, "ImagerPixelSpacing"))),
+            ("(0028,0034) Pixel Aspect Ratio", _raw(value_of(ds, "PixelAspectRatio"))))
 
 
 def orientation_vectors(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
 
 from ..errors import InvalidDicomError, UnsupportedError
+from ..attributes import value_of
 from .modality import apply_modality_lut, has_modality_lut, rescale_of
 from .voi import Window, apply_window, linear_form, select_window, window_from_histogram
 
@@ -29,8 +30,8 @@ def stored_domain(dtype: np.dtype) -> np.ndarray:
 
 def inverts(ds: Dataset) -> bool:
     """MONOCHROME1 or Presentation LUT Shape INVERSE: low values display bright (PS3.3 C.11.6)."""
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    photometric = str(value_of(ds, "PhotometricInterpretation", "")).strip().upper()
+    shape = str(value_of(ds, "PresentationLUTShape", "")).strip().upper()
     return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
@@ -145,8 +146,8 @@ def render_colour(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def is_colour(ds: Dataset) -> bool:
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    return int(ds.get("SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR"
+    photometric = str(value_of(ds, "PhotometricInterpretation", "")).strip().upper()
+    return int(value_of(ds, "SamplesPerPixel", 1) or 1) == 3 or photometric == "PALETTE COLOR"
 
 
 def render_8bit(arr: np.ndarray, ds: Dataset, *, window: str | tuple[float, float] = "default") -> tuple[np.ndarray, Window | None]:

@@ -8,6 +8,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from ..attributes import value_of
 from ..errors import InvalidDicomError
 
 
@@ -45,7 +46,7 @@ def _first(value) -> float | None:
 
 
 def _voi_function(ds: Dataset) -> VoiFunction:
-    raw = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    raw = str(value_of(ds, "VOILUTFunction", "") or "LINEAR").strip().upper()
     try:
         return VoiFunction(raw)
     except ValueError as err:
@@ -55,8 +56,8 @@ def _voi_function(ds: Dataset) -> VoiFunction:
 def file_window(ds: Dataset) -> Window | None:
     """The first Window Center/Width in the file, if any and valid."""
     try:
-        center = _first(ds.get("WindowCenter"))
-        width = _first(ds.get("WindowWidth"))
+        center = _first(value_of(ds, "WindowCenter"))
+        width = _first(value_of(ds, "WindowWidth"))
     except (TypeError, ValueError) as err:
         raise InvalidDicomError(
             f"(0028,1050) Window Center / (0028,1051) Window Width invalid: "
@@ -73,7 +74,7 @@ def file_window(ds: Dataset) -> Window | None:
 
 def file_voi_lut(ds: Dataset) -> Window | None:
     """The first VOI LUT Sequence item, as a Window carrying its table."""
-    seq = ds.get("VOILUTSequence")
+    seq = value_of(ds, "VOILUTSequence")
     if not seq:
         return None
     item = seq[0]
