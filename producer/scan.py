@@ -103,13 +103,16 @@ def _derived_uid(*parts: str) -> str:
 
 
 NOT_DICOM = SkipReason("not DICOM", NotDicomError.code)
+#: What the scan reads of every file: an image or not, its UIDs, its place in the series.
+SCAN_KEYWORDS = ("Rows", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                 "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient")
 
 
 def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instance | SkipReason:
     """An Instance, or a one-line reason why the file is skipped."""
     try:
         with open_source(path) as fh:
-            values = header_values(fh, max_pixels=max_pixels)
+            values = header_values(fh, max_pixels=max_pixels, keywords=SCAN_KEYWORDS)
     except StorageError:
         raise  # S3 unreachable is not a property of the file: the scan fails, nothing is skipped
     except DicomfleetError as err:  # e.g. a deflate bomb: its one-line reason (no path, no PHI)
@@ -135,14 +138,27 @@ def order_instances(instances: list[Instance]) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.instance_number is None, i.instance_number or 0, i.sop_uid, i.source))
 
 
+def _identity(path: str) -> str | tuple[int, int]:
+    """What makes two names one file: its device and inode (symlinks, a directory given twice or
+    inside another); the name itself for S3 objects and for what cannot be stat'ed (it is read,
+    and skipped with its reason, like any other)."""
+    if is_s3(path):
+        return path
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return st.st_dev, st.st_ino
+
+
 def _unique_files(sources: Iterable[str]) -> list[str]:
     """`iter_files` without the same file named twice (overlapping sources, symlinks)."""
-    seen: set[str] = set()
+    seen: set[str | tuple[int, int]] = set()
     files = []
     for path in iter_files(sources):
-        real = path if is_s3(path) else os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
+        identity = _identity(path)
+        if identity not in seen:
+            seen.add(identity)
             files.append(path)
     return files
 

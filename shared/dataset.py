@@ -5,6 +5,7 @@ import io
 import struct
 import warnings
 import zlib
+from functools import lru_cache
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -360,47 +361,60 @@ def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Datase
 
 
 
-_HEADER_KEYWORDS = {int(tag): keyword for tag, keyword in zip(_HEADER_TAG_LIST, HEADER_TAGS)}
 _MEDIA_STORAGE_SOP_CLASS = 0x00020002
 
 
-def header_values(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """The `HEADER_TAGS` present in the file by keyword, with their values, and the file meta's
-    MediaStorageSOPClassUID: what `read_header` holds, read without building a dataset.
+@lru_cache(maxsize=8)
+def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], dict[int, str]]:
+    """The tags to walk for ``keywords`` (a part of `HEADER_TAGS`) and the keyword of each."""
+    unknown = set(keywords) - set(HEADER_TAGS)
+    if unknown:
+        raise ValueError(f"not header attributes: {sorted(unknown)!r}")
+    tags = [int(Tag(keyword)) for keyword in keywords]
+    return tags, dict(zip(tags, keywords))
+
+
+def header_values(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  keywords: tuple[str, ...] = HEADER_TAGS) -> dict[str, Any]:
+    """The ``keywords`` (`HEADER_TAGS` or some of them) present in the file, with their values,
+    and the file meta's MediaStorageSOPClassUID: what `read_header` holds, read without
+    building a dataset.
 
     A header of the usual layout (`_plain_layout`) that ends within the first `HEADER_PREFIX`
-    bytes, as a CT slice's does, is walked in memory and its dozen values converted as pydicom
+    bytes, as a CT slice's does, is walked in memory and its values converted as pydicom
     converts them (`_from_raw`): ~40 instead of ~130 µs a file, most of what the scan costs. Any
     other file is read by `read_header`, with its reasons and budgets (tests/test_header.py
     holds the two equal over pydicom's own files)."""
+    _header_tags(keywords)  # a keyword the fallback would not read is refused before any read
     start = fp.tell()
     head = fp.read(HEADER_PREFIX)
-    values = _plain_header_values(head, whole=len(head) < HEADER_PREFIX)
+    values = _plain_header_values(head, whole=len(head) < HEADER_PREFIX, keywords=keywords)
     if values is not None:
         return values
     fp.seek(start)
     ds = read_header(fp, max_pixels=max_pixels)
-    values = {keyword: ds.get(keyword) for keyword in HEADER_TAGS if keyword in ds}
+    values = {keyword: ds.get(keyword) for keyword in keywords if keyword in ds}
     meta = ds.get("file_meta") or {}
     if "MediaStorageSOPClassUID" in meta:
         values["MediaStorageSOPClassUID"] = meta.get("MediaStorageSOPClassUID")
     return values
 
 
-def _plain_header_values(head: bytes, *, whole: bool) -> dict[str, Any] | None:
+def _plain_header_values(head: bytes, *, whole: bool, keywords: tuple[str, ...] = HEADER_TAGS) -> dict[str, Any] | None:
     """`header_values` of a header of the usual layout held whole in ``head``, else None."""
     try:
         layout = _plain_layout(head)
         if layout is None:
             return None
         meta, start, implicit = layout
+        tags, keyword_of = _header_tags(keywords)
         elements, end = walk_elements(head, start, implicit=implicit, stop_when=_at_pixels,
-                                      defer_size=_HEADER_VALUE_LIMIT, specific_tags=_HEADER_TAG_LIST)
+                                      defer_size=_HEADER_VALUE_LIMIT, specific_tags=tags)
         if not whole and head[end:end + 4] not in _PIXEL_TAG_BYTES:
             return None  # the header goes on past the prefix
         values: dict[str, Any] = {}
         for tag, raw in elements.items():
-            keyword = _HEADER_KEYWORDS.get(tag)
+            keyword = keyword_of.get(tag)
             if keyword is None:
                 continue  # (0008,0005): none of the header's VRs needs a character set
             vr = raw.VR or dictionary_VR(tag)
@@ -419,6 +433,7 @@ def _plain_header_values(head: bytes, *, whole: bool) -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - read_header reads it again and gives the reason
         return None
     return values
+
 
 def read_dataset(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Parse a whole instance from its bytes; raise NotDicomError/InvalidDicomError with a reason,

@@ -11,6 +11,7 @@ from pydicom.multival import MultiValue
 
 from shared.dataset import HEADER_PREFIX, HEADER_TAGS, _plain_header_values, header_values, read_header
 from shared.errors import DicomfleetError, NotDicomError
+from producer.scan import SCAN_KEYWORDS
 from tests.conftest import TEST_FILES
 from tests.synthetic import write_series
 
@@ -104,7 +105,14 @@ def test_header_values_are_read_headers_values_for_every_bundled_file(tmp_path):
                 header_values(io.BytesIO(data))
             continue
         assert _typed(header_values(io.BytesIO(data))) == _typed(expected)
+        some = {k: v for k, v in expected.items() if k in SCAN_KEYWORDS or k == "MediaStorageSOPClassUID"}
+        assert _typed(header_values(io.BytesIO(data), keywords=SCAN_KEYWORDS)) == _typed(some)
         compared += 1
         walked += _plain_header_values(data[:HEADER_PREFIX], whole=len(data) <= HEADER_PREFIX) is not None
     assert compared >= 80 and walked >= 0.6 * compared
     assert _plain_header_values(datas[-1][:HEADER_PREFIX], whole=False) is None  # read from the file
+
+
+def test_only_header_attributes_can_be_asked_for():
+    with pytest.raises(ValueError, match="not header attributes: \\['PatientName'\\]"):
+        header_values(io.BytesIO(b""), keywords=("Rows", "PatientName"))
