@@ -324,3 +324,30 @@ def test_elements_left_raw_by_the_parser_end_as_converted_ones_do(tmp_path, opti
     assert _bytes(lazy) == _bytes(converted)
     assert [(e.tag, e.VR, e.value) for e in _roundtrip(lazy)] == \
         [(e.tag, e.VR, e.value) for e in _roundtrip(converted)]
+
+
+def test_raw_text_pseudonyms_remembered_per_key_and_character_set(tmp_path, monkeypatch):
+    """A raw text value's token is remembered (slice after slice of a series): it equals the
+    token computed afresh, the same raw bytes in another character set are decoded again, and
+    another key gives other tokens."""
+    from shared.dataset import read_dataset
+    from shared.deid.pseudonyms import current
+
+    ds = _ct(1, tmp_path)[0]
+    ds.InstitutionName = "Caf\xe9 Clinic"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    latin1 = io.BytesIO()
+    ds.save_as(latin1, enforce_file_format=True)
+    utf8 = latin1.getvalue().replace(b"ISO_IR 100", b"ISO_IR 192")  # the same bytes read as UTF-8
+
+    def token(data: bytes) -> str:
+        out = read_dataset(data)
+        deidentify(out, ConvertOptions())
+        return str(out.InstitutionName)
+
+    first, again = token(latin1.getvalue()), token(latin1.getvalue())
+    assert first == again == current().text("Caf\xe9 Clinic")
+    as_utf8 = str(pydicom.dcmread(io.BytesIO(utf8)).InstitutionName)
+    assert as_utf8 != "Caf\xe9 Clinic" and token(utf8) == current().text(as_utf8) != first
+    monkeypatch.setenv("DICOMFLEET_DEID_KEY", KEY[::-1])
+    assert token(latin1.getvalue()) == current().text("Caf\xe9 Clinic") != first

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from .. import __version__
+from ..attributes import value_of
 from ..dataset import text_value
 from ..errors import BurnedInAnnotationError
 from ..options import ConvertOptions
@@ -71,7 +72,7 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
                   safe_private="retain-safe-private" in options,
                   collect=not _CLEANING_OPTIONS.isdisjoint(options),
                   pairs={} if opts.pseudonym_map else None, patient_key=key,
-                  patient_id=str(ds.get("PatientID", "") or ""))
+                  patient_id=str(value_of(ds, "PatientID", "") or ""))
     walk(ds, ctx)
     meta = getattr(ds, "file_meta", None)
     if meta is not None:  # group 0002 only: one table attribute, the rest names the sender

@@ -46,6 +46,17 @@ class Pseudonymizer:
     def digest(self, domain: bytes, value: str) -> bytes:
         return hmac.digest(self._key, domain + b"\0" + value.encode("utf-8", "surrogateescape"), "sha256")
 
+    def remember(self, key: tuple, make):
+        """``make()``, computed once per process for ``key``: a result derived from the key's
+        pseudonyms and the caller's inputs alone (e.g. a raw text value's pseudonym)."""
+        found = self._cache.get(key)
+        if found is None:
+            found = make()
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
     def _cached(self, domain: str, value: str, make):
         found = self._cache.get((domain, value))
         if found is None:
