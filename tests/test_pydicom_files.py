@@ -204,3 +204,42 @@ def test_segmented_palette_matches_pydicom(palette):
 def read_png_bytes(data: bytes) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     return img[..., ::-1] if img.ndim == 3 else img
+
+
+JPEG_LS = [n for n in IMAGES if str(header(n).file_meta.TransferSyntaxUID) in
+           ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")]
+
+
+@pytest.mark.parametrize("preferred", ["pyjpegls", "no-such-plugin"])
+def test_jpeg_ls_decodes_by_its_preferred_plugin_or_any_other_to_the_same_pixels(preferred, monkeypatch, tmp_path):
+    """JPEG-LS is decoded by CharLS (pyjpegls) first, which gives every bundled JPEG-LS file and
+    a compressed synthetic CT slice the pixels pydicom's other plugin gives; a preferred plugin
+    that is missing or fails leaves the decision to the rest, in pydicom's order."""
+    import io
+
+    from pydicom.uid import JPEGLSLossless
+
+    from shared import dataset
+
+    from .synthetic import write_series
+
+    monkeypatch.setitem(dataset.PREFERRED_PLUGINS, "1.2.840.10008.1.2.4.80", preferred)
+    monkeypatch.setitem(dataset.PREFERRED_PLUGINS, "1.2.840.10008.1.2.4.81", preferred)
+    ct = pydicom.dcmread(write_series(tmp_path, slices=1, size=128)[0])
+    ct.compress(JPEGLSLossless)
+    buf = io.BytesIO()
+    ct.save_as(buf, enforce_file_format=True)
+    files = {name: (TEST_FILES / name).read_bytes() for name in JPEG_LS} | {"synthetic CT": buf.getvalue()}
+    assert len(files) >= 6
+    calls = []
+    for uid in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"):  # count CharLS's decodes
+        plugins = get_decoder(uid)._available
+        monkeypatch.setitem(plugins, "pyjpegls", lambda *a, _f=plugins["pyjpegls"], **k: calls.append(1) or _f(*a, **k))
+    for name, data in files.items():
+        ds = dataset.read_dataset(data)
+        other = pydicom.dcmread(io.BytesIO(data))
+        other.pixel_array_options(decoding_plugin="pylibjpeg")
+        got = dataset.decode_pixels(ds, max_pixels=1 << 28)
+        assert got.dtype == other.pixel_array.dtype and np.array_equal(got, other.pixel_array), name
+        assert ds._pixel_array_opts.get("decoding_plugin") is None  # the dataset's options left as they were
+    assert len(calls) == (len(files) if preferred == "pyjpegls" else 0)

@@ -101,7 +101,7 @@ def test_redis_unavailable_for_a_few_seconds_mid_series(own_redis, fleet_factory
     manifest and the local convert say, and its message acked (nothing queued, nothing unacked)."""
     fleet = fleet_factory(broker_url=own_redis.url, result_backend=own_redis.url)
     src = tmp_path / "in"
-    write_series(src, slices=40, size=256, seed=7)
+    write_series(src, slices=160, size=256, seed=7)  # long enough to be mid-series when Redis stops
     opts = ConvertOptions(formats=("png", "jpeg"))
     fleet.worker(concurrency=1)
     (job,) = submit([str(src)], fleet.dest, opts).queued
@@ -115,9 +115,9 @@ def test_redis_unavailable_for_a_few_seconds_mid_series(own_redis, fleet_factory
         time.sleep(2)
         own_redis.start()
         (record,) = waiting.result(timeout=150).values()
-    assert record["state"] == "done" and record["converted"] == 40 and record["failed"] == 0
+    assert record["state"] == "done" and record["converted"] == 160 and record["failed"] == 0
     objects = fleet.objects()
-    assert 4 <= written < len(objects) == 1 + 80
+    assert 4 <= written < len(objects) == 1 + 320
     (manifest,) = check_against_manifests(objects)
     reference = local_reference(tmp_path, [str(src)], opts)
     assert [k for k in reference if objects.get(k) != reference[k]] == []
