@@ -117,6 +117,43 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert run.stderr.strip() == f"error: no such file or directory: {tmp_path / 'nowhere'}"
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_installed_command_leaves_everything_written_when_it_skips_the_teardown(series, tmp_path, workers,
+                                                                                   monkeypatch):
+    """The installed `convert` ends with os._exit after a run: its summary and failure lines
+    reach a pipe whole, its exit status is the run's, and its outputs, manifest and pseudonym map
+    are complete, with one process or a pool."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in series:
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "cut.dcm").write_bytes(series[0].read_bytes()[:-100])
+    from shared.deid.mapping import new_key, open_map
+
+    (tmp_path / "map.key").write_text(new_key())
+    exe = Path(sys.executable).with_name("dicomfleet")
+    env = {"PATH": "/usr/bin:/bin", "DICOMFLEET_DEID_KEY": "k" * 40, "DICOMFLEET_PSEUDONYM_MAP_KEY_FILE":
+           str(tmp_path / "map.key"), "HOME": str(tmp_path)}
+    run = subprocess.run([str(exe), "convert", str(src), "--out", str(tmp_path / "out"), "--workers", workers,
+                          "--pseudonym-map", str(tmp_path / "map.bin"), "-f", "png", "-f", "tiff"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1, run.stderr
+    assert SUMMARY.match(next(line for line in lines if SUMMARY.match(line))).groups() == ("1", "6", "5", "10", "1")
+    assert sum(line.strip().startswith("failed ") for line in lines) == 1
+    manifest = json.loads(series_dir(tmp_path / "out").joinpath("manifest.json").read_text())
+    assert len(manifest["instances"]) == 6 and manifest["counts"]["outputs"] == 10
+    for record in manifest["instances"]:
+        for output in record["outputs"]:
+            data = (tmp_path / "out" / output["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == output["sha256"]
+    monkeypatch.setenv("DICOMFLEET_PSEUDONYM_MAP_KEY_FILE", str(tmp_path / "map.key"))
+    entries = open_map(str(tmp_path / "map.bin")).entries()  # every line whole: each decrypts
+    pseudonyms = {v for e in entries for v in e.pairs.values()}
+    study, series_uid = series_dir(tmp_path / "out").relative_to(tmp_path / "out").parts
+    assert len(entries) >= 5 and {study, series_uid} <= pseudonyms  # one per instance, less repeats
+
+
 def test_a_local_convert_does_not_import_pydantic_nor_the_fleet(series, tmp_path):
     """Every run pays for what the command line imports: a one-slice `convert` (stderr not a
     terminal) loads no pydantic (typer's option adapters: ~0.1 s a run), no Celery, no MinIO client,
