@@ -46,6 +46,7 @@ from .errors import (
 )
 from .options import DEFAULT_MAX_PIXELS
 from .quiet import native_stderr_silenced
+from .runtime import load_pixel_plugins
 from .store import HEADER_BLOCK
 
 # Real archives are full of slightly invalid values; we validate what we use, with reasons of
@@ -615,6 +616,7 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
         return arr
     ts = ds.file_meta.get("TransferSyntaxUID", None)
     name = getattr(ts, "name", None) or str(ts)
+    load_pixel_plugins()  # a lean command's pydicom gets its plugins at the first instance that needs them
     try:
         with warnings.catch_warnings(), native_stderr_silenced():  # a panic's text: not the user's
             warnings.simplefilter("ignore")

@@ -8,10 +8,11 @@ Two costs outside our code dominated a 512² slice on the benchmark machine (doc
   set of one instance and does not grow with series length.
 - OpenCV's own thread pool: the chain already runs one instance per process on every core.
 
-Start-up is paid by every `convert` (0.18 s of a 200-slice run's 0.5 s), so imports are kept off
-its path: OpenCV until something resizes, writes or checks a JPEG (`opencv`), and requests, tqdm,
-urllib.request and pydicom's examples, which pydicom imports only for its own test files
-(`import_pydicom_lean`).
+Start-up is paid by every `convert` (0.13 s of a 200-slice run's 0.43 s), so imports are kept off
+its path: OpenCV until something resizes, writes or checks a JPEG (`opencv`); requests, tqdm,
+urllib.request and pydicom's examples, which pydicom imports only for its own test files, and the
+libraries of pydicom's compression plugins until a compressed instance is met
+(`import_pydicom_lean`, `load_pixel_plugins`).
 """
 from __future__ import annotations
 
@@ -100,19 +101,38 @@ def _defer(name: str) -> None:
         setattr(sys.modules[package], child, stand_in)
 
 
+#: The libraries behind pydicom's decoding and encoding plugins, which pydicom imports at its own
+#: import to ask each plugin whether it can run (~28 ms: pylibjpeg scans the entry points of every
+#: installed distribution three times, Pillow loads its imaging core). Native pixels need none.
+PLUGIN_LIBRARIES = ("pylibjpeg", "openjpeg", "libjpeg", "rle", "jpeg_ls", "PIL")
+#: pydicom's modules that ask for them, reloaded in this order by `load_pixel_plugins`: the
+#: plugins, then the registries (which add every plugin again, in pydicom's own order), then the
+#: packages that re-export the registries' names.
+_PLUGIN_MODULES = (
+    "pydicom.pixels.processing",
+    "pydicom.pixels.decoders.pylibjpeg", "pydicom.pixels.decoders.pillow", "pydicom.pixels.decoders.pyjpegls",
+    "pydicom.pixels.encoders.pylibjpeg", "pydicom.pixels.encoders.pyjpegls",
+    "pydicom.pixels.decoders.base", "pydicom.pixels.encoders.base",
+    "pydicom.pixels.decoders", "pydicom.pixels.encoders",
+)
+_plugins = {"deferred": False}
+_plugins_lock = threading.Lock()
+
+
 def import_pydicom_lean() -> None:
-    """Import pydicom with requests and tqdm hidden and `DEFERRED_MODULES` stood in for, for
-    command-line entry points.
+    """Import pydicom with requests, tqdm and `PLUGIN_LIBRARIES` hidden and `DEFERRED_MODULES`
+    stood in for, for command-line entry points.
 
     pydicom.data.download imports requests and tqdm only to fetch pydicom's own test files and
     falls back to urllib without them; requests brings urllib3, charset_normalizer, idna and
-    http.cookiejar: ~35 ms of every run. They are hidden only during this import (the process
-    may import them later as usual); the deferred modules load on first use. Nothing happens
-    when pydicom is imported already.
+    http.cookiejar: ~35 ms of every run. They and the plugin libraries are hidden only during
+    this import (the process may import them later as usual; `load_pixel_plugins` hands the
+    plugins to pydicom before compressed pixels are decoded); the deferred modules load on
+    first use. Nothing happens when pydicom is imported already.
     """
     if "pydicom" in sys.modules:
         return
-    hidden = [name for name in ("requests", "tqdm") if name not in sys.modules]
+    hidden = [name for name in ("requests", "tqdm", *PLUGIN_LIBRARIES) if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
     for name in DEFERRED_MODULES:
@@ -123,9 +143,29 @@ def import_pydicom_lean() -> None:
         for name in hidden:
             if sys.modules.get(name, False) is None:
                 del sys.modules[name]
+    _plugins["deferred"] = any(name in hidden for name in PLUGIN_LIBRARIES)
     examples = sys.modules.get("pydicom.examples")
     if isinstance(examples, _Deferred):
         pydicom.examples = examples  # imported before pydicom was a package with attributes
+
+
+def load_pixel_plugins() -> None:
+    """Give pydicom its decoding and encoding plugins in a process whose pydicom was imported
+    lean (`import_pydicom_lean`); nothing to do otherwise. The plugin modules are reloaded now
+    that their libraries import, then pydicom's registries, whose module code adds every plugin
+    in pydicom's own order, which decides which of two plugins decodes a frame
+    (tests/test_runtime.py holds the result equal to an ordinary import's). Called before the
+    first compressed instance of a process is decoded: ~30 ms, once."""
+    if not _plugins["deferred"]:
+        return
+    with _plugins_lock:
+        if not _plugins["deferred"]:
+            return
+        for name in _PLUGIN_MODULES:
+            module = sys.modules.get(name)
+            if module is not None:
+                importlib.reload(module)
+        _plugins["deferred"] = False
 
 
 def usable_cores() -> int:

@@ -259,3 +259,35 @@ def test_deidentification_is_the_default(series, tmp_path):
     assert paths and not any(study in p for p in paths)
     manifest = json.loads(next(tmp_path.glob("*/*/manifest.json")).read_text())
     assert manifest["deidentified"] is True
+
+
+def test_the_installed_command_decodes_every_compressed_syntax_as_an_ordinary_import_does(tmp_path):
+    """The installed command imports pydicom without its plugin libraries and hands them over at
+    the first compressed instance (shared.runtime.load_pixel_plugins): every compressed transfer
+    syntax among pydicom's files (lossy JPEG too, where the plugin chosen decides the pixels)
+    converts to outputs byte for byte those of an in-process run, whose pydicom imported them."""
+    from .conftest import header, image_files
+
+    chosen: dict[str, str] = {}
+    for name in image_files():
+        syntax = header(name).file_meta.get("TransferSyntaxUID")
+        if syntax is not None and syntax.is_compressed and syntax not in chosen:
+            chosen[str(syntax)] = name
+    assert len(chosen) >= 8  # JPEG baseline, extended, lossless (2), JPEG-LS (2), JPEG 2000 (2), RLE…
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(chosen.values()):
+        (src / f"{i:02d}.dcm").write_bytes(bundled(name).read_bytes())
+    args = ["convert", str(src), "--no-deid", "--workers", "1", "-f", "png", "-f", "tiff"]
+    exe = Path(sys.executable).with_name("dicomfleet")
+    run = subprocess.run([str(exe), *args, "--out", str(tmp_path / "lean")], capture_output=True, text=True,
+                         timeout=300)
+    in_process = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "eager")])
+    assert run.returncode == in_process.exit_code, run.stderr
+
+    def hashes(out: Path) -> dict[str, str]:
+        return {o["path"]: o["sha256"] for m in out.glob("*/*/manifest.json")
+                for r in json.loads(m.read_text())["instances"] for o in r["outputs"]}
+
+    lean, eager = hashes(tmp_path / "lean"), hashes(tmp_path / "eager")
+    assert len(eager) >= 2 * len(chosen) - 4 and lean == eager

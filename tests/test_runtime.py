@@ -1,6 +1,7 @@
 """shared/runtime.py: malloc settings reach glibc; the core count follows the affinity mask."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -77,3 +78,46 @@ def test_modules_pydicom_imports_but_a_conversion_never_uses_load_on_first_use()
     assert done.stdout.splitlines() == [
         "['_Deferred', '_Deferred'] []",
         "128 example.invalid True [True, True] True"]
+
+
+_REGISTRY_PROBE = """
+import json, sys
+if sys.argv[1] == "lean":
+    from shared.runtime import import_pydicom_lean
+    import_pydicom_lean()
+import shared.dataset  # GDCM out of process, as the chain has it
+from pydicom.pixels import get_decoder, get_encoder
+from pydicom.uid import AllTransferSyntaxes
+from shared.runtime import PLUGIN_LIBRARIES, load_pixel_plugins
+
+def registry():
+    out = {}
+    for uid in AllTransferSyntaxes:
+        for kind, get in (("decoder", get_decoder), ("encoder", get_encoder)):
+            try:
+                coder = get(uid)
+            except NotImplementedError:
+                continue
+            out[f"{kind} {uid}"] = [list(coder._available), sorted(coder._unavailable)]
+    return out
+
+before = registry()
+loaded = sorted(name for name in PLUGIN_LIBRARIES if name in sys.modules)
+load_pixel_plugins()
+print(json.dumps([loaded, sum(bool(v[0]) for v in before.values()), registry()]))
+"""
+
+
+def test_pixel_plugins_load_later_into_the_registry_an_ordinary_import_builds():
+    """A lean import leaves pydicom's plugin libraries unloaded and its compressed syntaxes
+    without plugins; `load_pixel_plugins` then gives every decoder and encoder the plugins an
+    ordinary import gives, in the same order (the order picks which plugin decodes)."""
+    def probe(mode: str) -> list:
+        done = subprocess.run([sys.executable, "-c", _REGISTRY_PROBE, mode], capture_output=True, text=True,
+                              check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        return json.loads(done.stdout)
+
+    (lean_loaded, lean_ready, lean), (eager_loaded, eager_ready, eager) = probe("lean"), probe("eager")
+    assert lean_loaded == [] and lean_ready <= 2  # RLE's own numpy decoder and encoder
+    assert set(eager_loaded) >= {"pylibjpeg", "jpeg_ls", "PIL"} and eager_ready >= 15
+    assert lean == eager
