@@ -404,12 +404,14 @@ def main() -> None:
     flushed: the interpreter's teardown (every module and object of pydicom and numpy freed one by
     one, ~20 ms) would outlast the conversion of a short series, and nothing is left for it to do
     (outputs, manifests and the pseudonym map are written and closed, the pool is joined, S3
-    uploads have ended). Any other command, and a convert that failed, exits as usual."""
+    uploads have ended). Any other command, a convert that failed, and a process under a tracer or
+    profiler (coverage, cProfile, pyinstrument write their results at exit) exit as usual."""
     _ended.clear()
     try:
         app()
     except SystemExit as done:
-        if _ended.get("convert") and (done.code is None or isinstance(done.code, int)):
+        watched = sys.gettrace() is not None or sys.getprofile() is not None
+        if _ended.get("convert") and not watched and (done.code is None or isinstance(done.code, int)):
             import logging
             import os
 

@@ -261,6 +261,19 @@ def test_deidentification_is_the_default(series, tmp_path):
     assert manifest["deidentified"] is True
 
 
+def test_a_profiler_around_the_command_still_writes_its_results(series, tmp_path):
+    """Under a profiler (or coverage) the command exits as usual, so the tool's own exit writes
+    its file: the fast exit is for the bare command only."""
+    exe = Path(sys.executable).with_name("dicomfleet")
+    run = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "run.prof"), str(exe), "convert",
+                          str(series[0].parent), "--out", str(tmp_path / "out"), "--no-deid", "--workers", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    import pstats
+
+    assert pstats.Stats(str(tmp_path / "run.prof")).total_calls > 1000
+
+
 def test_the_installed_command_decodes_every_compressed_syntax_as_an_ordinary_import_does(tmp_path):
     """The installed command imports pydicom without its plugin libraries and hands them over at
     the first compressed instance (shared.runtime.load_pixel_plugins): every compressed transfer
