@@ -361,7 +361,6 @@ def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Datase
     return _parse_header(_NoOverread(fp, inflate_limit(max_pixels)))
 
 
-
 _MEDIA_STORAGE_SOP_CLASS = 0x00020002
 
 
@@ -383,7 +382,7 @@ def header_values(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     A header of the usual layout (`_plain_layout`) that ends within the first `HEADER_PREFIX`
     bytes, as a CT slice's does, is walked in memory and its values converted as pydicom
-    converts them (`_from_raw`): ~40 instead of ~130 µs a file, most of what the scan costs. Any
+    converts them (`_from_raw`): ~60 instead of ~130 µs a file, most of what the scan costs. Any
     other file is read by `read_header`, with its reasons and budgets (tests/test_header.py
     holds the two equal over pydicom's own files)."""
     _header_tags(keywords)  # a keyword the fallback would not read is refused before any read
@@ -401,7 +400,8 @@ def header_values(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     return values
 
 
-def _plain_header_values(head: bytes, *, whole: bool, keywords: tuple[str, ...] = HEADER_TAGS) -> dict[str, Any] | None:
+def _plain_header_values(head: bytes, *, whole: bool,
+                         keywords: tuple[str, ...] = HEADER_TAGS) -> dict[str, Any] | None:
     """`header_values` of a header of the usual layout held whole in ``head``, else None."""
     try:
         layout = _plain_layout(head)
