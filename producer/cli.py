@@ -411,12 +411,24 @@ def main() -> None:
         app()
     except SystemExit as done:
         watched = sys.gettrace() is not None or sys.getprofile() is not None
-        if _ended.get("convert") and not watched and (done.code is None or isinstance(done.code, int)):
-            import logging
+        if _ended.get("convert") and not watched and (done.code is None or isinstance(done.code, int)) \
+                and _flushed():
             import os
 
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
             os._exit(done.code or 0)
         raise
+
+
+def _flushed() -> bool:
+    """Whether what Python still holds for logging, stdout and stderr is written; not when a
+    stream is closed or its pipe broken (the usual exit then says so as it always did)."""
+    import logging
+
+    try:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True

@@ -261,6 +261,15 @@ def test_deidentification_is_the_default(series, tmp_path):
     assert manifest["deidentified"] is True
 
 
+def test_the_installed_command_with_stdout_closed_still_exits_with_the_runs_status(series, tmp_path):
+    """No stdout at all (a service manager, `>&-`): nothing to flush there, the run's status."""
+    exe = Path(sys.executable).with_name("dicomfleet")
+    run = subprocess.run(["bash", "-c", f'"{exe}" convert "{series[0].parent}" --out "{tmp_path}" --no-deid '
+                          "--workers 1 >&-"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert SUMMARY.match(run.stderr.strip().splitlines()[-1]).groups() == ("1", "5", "5", "5", "0")
+
+
 def test_a_profiler_around_the_command_still_writes_its_results(series, tmp_path):
     """Under a profiler (or coverage) the command exits as usual, so the tool's own exit writes
     its file: the fast exit is for the bare command only."""
