@@ -211,14 +211,18 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
     return True
 
 
+#: Raw text values up to this many bytes have their pseudonym remembered (names, institutions,
+#: stations); a long text is hashed each time rather than kept in the process.
+_REMEMBERED_TEXT = 256
+
+
 def _pseudonymised_raw(ds: Dataset, raw: RawDataElement, ctx: Context) -> bool:
     """D on a still-unconverted text element: its value converted as pydicom converts it (not
     stored), its pseudonym (`_dummy_text`) set as a raw element. What `walk` would do after
     converting it, without a validated DataElement made and replaced (~4 of ~7 µs an element)."""
     tag = int(raw.tag)
-    if tag == _PATIENT_ID:  # its pseudonym depends on the instance's patient
-        value = text_element(ds, tag, store=False).value
-        new = None if _empty(value) else _dummy_text(tag, value, ctx)
+    if tag == _PATIENT_ID or raw.value is None or len(raw.value) > _REMEMBERED_TEXT:
+        new = _text_pseudonym(ds, tag, ctx)  # Patient ID's pseudonym depends on the instance's patient
     else:  # the same raw value in the same character set: the same token, slice after slice
         encoding = ds.original_character_set
         new = ctx.pseudo.remember(
