@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
+import re
 import sys
 import threading
 import types
@@ -91,6 +92,43 @@ class _Deferred(types.ModuleType):
         return module
 
 
+class _MetadataWhileImporting(_Deferred):
+    """``importlib.metadata`` while pydicom imports: pydicom reads its own version at import, and
+    the real module brings email, zipfile and csv (~12 ms of every command). A version is
+    answered from the distribution's ``<name>-<version>.dist-info`` directory (`dist_info_version`);
+    anything else asked of the module loads the real one."""
+
+    __path__: list[str] = []  # a package, as the real one is: `from … import version` asks first
+
+    def version(self, distribution_name: str) -> str:
+        found = dist_info_version(distribution_name)
+        return found if found is not None else self._load().version(distribution_name)
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def dist_info_version(name: str) -> str | None:
+    """The version ``importlib.metadata.version(name)`` gives, read from the name of the
+    distribution's ``<name>-<version>.dist-info`` directory (the wheel format names it so), or
+    None where that directory does not settle it: an ``.egg-info`` met first, or no match."""
+    want = _normalised(name)
+    for entry in sys.path:
+        try:
+            children = os.listdir(entry or ".")  # importlib.metadata's own order
+        except OSError:
+            continue
+        for child in children:
+            stem, dot, suffix = child.rpartition(".")
+            if suffix not in ("dist-info", "egg-info") or not dot:
+                continue
+            dist, _, version = stem.partition("-")
+            if _normalised(dist) == want:
+                return version if suffix == "dist-info" and version else None
+    return None
+
+
 def _defer(name: str) -> None:
     if name in sys.modules:
         return
@@ -128,7 +166,8 @@ def import_pydicom_lean() -> None:
     http.cookiejar: ~35 ms of every run. They and the plugin libraries are hidden only during
     this import (the process may import them later as usual; `load_pixel_plugins` hands the
     plugins to pydicom before compressed pixels are decoded); the deferred modules load on
-    first use. Nothing happens when pydicom is imported already.
+    first use; pydicom reads its own version through a stand-in for importlib.metadata, which
+    the next import of that module replaces. Nothing happens when pydicom is imported already.
     """
     if "pydicom" in sys.modules:
         return
@@ -137,12 +176,17 @@ def import_pydicom_lean() -> None:
         sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
     for name in DEFERRED_MODULES:
         _defer(name)
+    metadata = None
+    if "importlib.metadata" not in sys.modules:
+        metadata = sys.modules["importlib.metadata"] = _MetadataWhileImporting("importlib.metadata")
     try:
         import pydicom
     finally:
         for name in hidden:
             if sys.modules.get(name, False) is None:
                 del sys.modules[name]
+        if metadata is not None and sys.modules.get("importlib.metadata") is metadata:
+            del sys.modules["importlib.metadata"]  # the next `import importlib.metadata` is the real one
     _plugins["deferred"] = any(name in hidden for name in PLUGIN_LIBRARIES)
     examples = sys.modules.get("pydicom.examples")
     if isinstance(examples, _Deferred):

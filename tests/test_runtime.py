@@ -121,3 +121,40 @@ def test_pixel_plugins_load_later_into_the_registry_an_ordinary_import_builds():
     assert lean_loaded == [] and lean_ready <= 2  # RLE's own numpy decoder and encoder
     assert set(eager_loaded) >= {"pylibjpeg", "jpeg_ls", "PIL"} and eager_ready >= 15
     assert lean == eager
+
+
+def test_versions_from_dist_info_names_are_importlib_metadatas_own():
+    """`dist_info_version` answers what importlib.metadata answers for every installed
+    distribution whose version it settles (most of them, pydicom among them), and nothing when
+    an .egg-info comes first on the path or the name is unknown."""
+    import importlib.metadata
+
+    answered = 0
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        found = runtime.dist_info_version(name)
+        assert found is None or found == importlib.metadata.version(name), name
+        answered += found is not None
+    assert answered >= 50 and runtime.dist_info_version("pydicom") == importlib.metadata.version("pydicom")
+    assert runtime.dist_info_version("no-such-distribution-here") is None
+
+
+def test_an_egg_info_first_on_the_path_leaves_the_version_to_importlib(tmp_path, monkeypatch):
+    (tmp_path / "a" / "Foo_Bar-1.0.egg-info").mkdir(parents=True)
+    (tmp_path / "b" / "foo_bar-2.0.dist-info").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "b")])
+    assert runtime.dist_info_version("foo.bar") == runtime.dist_info_version("Foo-Bar") == "2.0"
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert runtime.dist_info_version("foo-bar") is None
+
+
+def test_pydicom_learns_its_version_without_importlib_metadata():
+    probe = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
+             "import pydicom; print('importlib.metadata' in sys.modules, pydicom.__version__); "
+             "import importlib.metadata; print(importlib.metadata.version('pydicom'), "
+             "hasattr(importlib.metadata, 'distributions'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    first, second = done.stdout.splitlines()
+    version = first.split()[1]
+    assert first == f"False {version}" and second == f"{version} True"
