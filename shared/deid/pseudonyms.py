@@ -58,13 +58,7 @@ class Pseudonymizer:
         return found
 
     def _cached(self, domain: str, value: str, make):
-        found = self._cache.get((domain, value))
-        if found is None:
-            found = make(self.digest(domain.encode(), value))
-            if len(self._cache) >= self.CACHE_SIZE:
-                self._cache.clear()
-            self._cache[(domain, value)] = found
-        return found
+        return self.remember((domain, value), lambda: make(self.digest(domain.encode(), value)))
 
     def uid(self, value: str) -> str:
         """``2.25.<int>`` of a UUIDv8 made from the HMAC: ≤ 44 characters, digits and dots."""
