@@ -71,32 +71,36 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
     def blur(img: np.ndarray) -> np.ndarray:
-        """Gaussian means in float32 (3× faster than float64; the mean SSIM moved by at most 2e-6
-        over 60 test images), combined in float64 where the variances subtract."""
+        """Gaussian means in float32 (3× faster than float64), combined in float64 where the
+        variances subtract: within 1e-6 of an all-float64 SSIM (tests/test_verify.py)."""
         return cv2.GaussianBlur(img, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT).astype(np.float64)
 
+    # σx² + σy² only appear summed, and a blur is linear: one blur of x² + y² (exact in float32,
+    # integers below 2^24) instead of two. Four blurs of a 512² image instead of five.
     mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x), blur(y * y), blur(x * y)
-    # The formula below, evaluated in place (same operations in the same order, so the same
-    # values bit for bit): a third less time than with a new 2 MiB temporary per operation.
-    # num = (2·mx·my + c1)(2·sxy + c2), den = (mx² + my² + c1)(sxx + syy + c2)
+    sxy = blur(x * y)
+    np.multiply(x, x, out=x)
+    np.multiply(y, y, out=y)
+    np.add(x, y, out=x)
+    ss = blur(x)
+    # num = (2·mx·my + c1)(2·(sxy − mx·my) + c2), den = (mx² + my² + c1)(ss − mx² − my² + c2),
+    # evaluated in place: a third less time than with a new 2 MiB temporary per operation.
     mxy = np.multiply(mx, my)
     np.multiply(mx, mx, out=mx)
     np.multiply(my, my, out=my)
-    np.subtract(sxx, mx, out=sxx)
-    np.subtract(syy, my, out=syy)
+    np.add(mx, my, out=mx)  # mx² + my²
     np.subtract(sxy, mxy, out=sxy)
-    num, den = mxy, mx
+    np.subtract(ss, mx, out=ss)
+    num = mxy
     np.multiply(num, 2, out=num)  # ×2 is exact: 2·(mx·my) == (2·mx)·my
     np.add(num, c1, out=num)
     np.multiply(sxy, 2, out=sxy)
     np.add(sxy, c2, out=sxy)
     np.multiply(num, sxy, out=num)
-    np.add(den, my, out=den)
+    den = mx
     np.add(den, c1, out=den)
-    np.add(sxx, syy, out=sxx)
-    np.add(sxx, c2, out=sxx)
-    np.multiply(den, sxx, out=den)
+    np.add(ss, c2, out=ss)
+    np.multiply(den, ss, out=den)
     return float(np.mean(np.divide(num, den, out=num)))
 
 
