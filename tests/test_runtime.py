@@ -11,6 +11,14 @@ import pytest
 
 from shared import runtime
 
+REPO = os.path.dirname(os.path.dirname(__file__))
+
+
+def probe(code: str, *args: str, env: dict | None = None) -> str:
+    """What a fresh interpreter running ``code`` in the checkout prints."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                          cwd=REPO, env=env).stdout
+
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_mallopt_is_found_and_accepted_by_glibc():
@@ -18,31 +26,28 @@ def test_mallopt_is_found_and_accepted_by_glibc():
 
 
 def test_usable_cores_follows_the_affinity_mask():
-    probe = "import os; os.sched_setaffinity(0, {0}); from shared.runtime import usable_cores; print(usable_cores())"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert done.stdout.strip() == "1"
+    code = "import os; os.sched_setaffinity(0, {0}); from shared.runtime import usable_cores; print(usable_cores())"
+    out = probe(code)
+    assert out.strip() == "1"
     assert runtime.usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_pydicom_is_imported_without_requests_which_still_imports_afterwards():
     """`import_pydicom_lean` keeps requests and tqdm out of a command's start-up; pydicom's test
     file downloads fall back to urllib, and the process can still import requests itself."""
-    probe = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
+    code = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
              "print('pydicom' in sys.modules, 'requests' in sys.modules, 'tqdm' in sys.modules); "
              "import requests, tqdm; from pydicom.data import download; "
              "print(requests.__name__, tqdm.__name__, download.HAVE_REQUESTS)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert done.stdout.split("\n")[:2] == ["True False False", "requests tqdm False"]
+    out = probe(code)
+    assert out.split("\n")[:2] == ["True False False", "requests tqdm False"]
 
 
 def test_opencv_is_loaded_on_first_use_and_single_threaded():
-    probe = ("import sys; from shared import chain; from shared.runtime import opencv; "
+    code = ("import sys; from shared import chain; from shared.runtime import opencv; "
              "print('cv2' in sys.modules, opencv().getNumThreads(), opencv() is sys.modules['cv2'])")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert done.stdout.strip() == "False 1 True"
+    out = probe(code)
+    assert out.strip() == "False 1 True"
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="thread count from /proc")
@@ -50,22 +55,21 @@ def test_opencv_is_loaded_on_first_use_and_single_threaded():
 def test_numpy_starts_no_blas_threads_unless_the_environment_asks(preset, threads):
     """Importing shared first keeps numpy's OpenBLAS to the calling thread (its pool threads spin
     ~0.1 s of CPU at import); a value the environment sets wins."""
-    probe = ("import shared, numpy, os, re; "
+    code = ("import shared, numpy, os, re; "
              "print(os.environ['OPENBLAS_NUM_THREADS'], "
              "re.search(r'Threads:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     if preset:
         env["OPENBLAS_NUM_THREADS"] = preset
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
-    assert done.stdout.split() == [threads, threads]
+    out = probe(code, env=env)
+    assert out.split() == [threads, threads]
 
 
 def test_modules_pydicom_imports_but_a_conversion_never_uses_load_on_first_use():
     """After `import_pydicom_lean` the HTTP stack of pydicom's downloader and pydicom's examples
     are stand-ins, not loaded; the first attribute asked of each loads the real module, which
     then stands in sys.modules and in its package."""
-    probe = (
+    code = (
         "import sys, types; from shared.runtime import DEFERRED_MODULES, import_pydicom_lean; import_pydicom_lean(); "
         "print([type(sys.modules[n]).__name__ for n in DEFERRED_MODULES], "
         "[n for n in ('http.client', 'ssl') if type(sys.modules.get(n)) is types.ModuleType]); "
@@ -73,9 +77,8 @@ def test_modules_pydicom_imports_but_a_conversion_never_uses_load_on_first_use()
         "print(pydicom.examples.ct.Rows, urllib.request.Request('http://example.invalid/x').host, "
         "download.urllib.request is sys.modules['urllib.request'], "
         "[type(sys.modules[n]) is types.ModuleType for n in DEFERRED_MODULES], 'ssl' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert done.stdout.splitlines() == [
+    out = probe(code)
+    assert out.splitlines() == [
         "['_Deferred', '_Deferred'] []",
         "128 example.invalid True [True, True] True"]
 
@@ -112,12 +115,8 @@ def test_pixel_plugins_load_later_into_the_registry_an_ordinary_import_builds():
     """A lean import leaves pydicom's plugin libraries unloaded and its compressed syntaxes
     without plugins; `load_pixel_plugins` then gives every decoder and encoder the plugins an
     ordinary import gives, in the same order (the order picks which plugin decodes)."""
-    def probe(mode: str) -> list:
-        done = subprocess.run([sys.executable, "-c", _REGISTRY_PROBE, mode], capture_output=True, text=True,
-                              check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-        return json.loads(done.stdout)
-
-    (lean_loaded, lean_ready, lean), (eager_loaded, eager_ready, eager) = probe("lean"), probe("eager")
+    (lean_loaded, lean_ready, lean), (eager_loaded, eager_ready, eager) = (
+        json.loads(probe(_REGISTRY_PROBE, mode)) for mode in ("lean", "eager"))
     assert lean_loaded == [] and lean_ready <= 2  # RLE's own numpy decoder and encoder
     assert set(eager_loaded) >= {"pylibjpeg", "jpeg_ls", "PIL"} and eager_ready >= 15
     assert lean == eager
@@ -149,12 +148,11 @@ def test_an_egg_info_first_on_the_path_leaves_the_version_to_importlib(tmp_path,
 
 
 def test_pydicom_learns_its_version_without_importlib_metadata():
-    probe = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
+    code = ("import sys; from shared.runtime import import_pydicom_lean; import_pydicom_lean(); "
              "import pydicom; print('importlib.metadata' in sys.modules, pydicom.__version__); "
              "import importlib.metadata; print(importlib.metadata.version('pydicom'), "
              "hasattr(importlib.metadata, 'distributions'))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    first, second = done.stdout.splitlines()
+    out = probe(code)
+    first, second = out.splitlines()
     version = first.split()[1]
     assert first == f"False {version}" and second == f"{version} True"
