@@ -27,7 +27,7 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
     RLETransferSyntaxes,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_value
 
 from .elements import walk_elements
@@ -108,6 +108,7 @@ def _at_pixels(tag: int) -> bool:
 
 
 _TRANSFER_SYNTAX = 0x00020010
+_VR_NAMES = frozenset(str(vr) for vr in VR)
 
 
 def _plain_layout(data: bytes) -> tuple[dict, int, bool] | None:
@@ -119,8 +120,9 @@ def _plain_layout(data: bytes) -> tuple[dict, int, bool] | None:
         return None
     meta, start = walk_elements(data, 132, implicit=False, stop_when=_past_file_meta)
     raw = meta.get(_TRANSFER_SYNTAX)
-    if raw is None or raw.VR != "UI" or any(elem.VR is None for elem in meta.values()):
-        return None  # no transfer syntax, or a file meta in implicit VR: dcmread's own handling
+    if raw is None or raw.VR != "UI" or not all(elem.VR in _VR_NAMES for elem in meta.values()):
+        return None  # no transfer syntax, a file meta in implicit VR or one of an unknown VR:
+        # dcmread reads its VR mode off the first element, and a corrupt meta its own way
     syntax = _from_raw(raw, "UI", None).value
     if not syntax or str(syntax) in _NOT_PLAIN or data[start:start + 2] in (b"", b"\0\0"):
         return None  # no dataset after the meta, or a command set first
@@ -393,10 +395,13 @@ def header_values(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         return values
     fp.seek(start)
     ds = read_header(fp, max_pixels=max_pixels)
-    values = {keyword: ds.get(keyword) for keyword in keywords if keyword in ds}
-    meta = ds.get("file_meta") or {}
-    if "MediaStorageSOPClassUID" in meta:
-        values["MediaStorageSOPClassUID"] = meta.get("MediaStorageSOPClassUID")
+    try:  # values converted as read: a corrupt one (an unknown VR, a wrong length) is the file's
+        values = {keyword: ds.get(keyword) for keyword in keywords if keyword in ds}
+        meta = ds.get("file_meta") or {}
+        if "MediaStorageSOPClassUID" in meta:
+            values["MediaStorageSOPClassUID"] = meta.get("MediaStorageSOPClassUID")
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt values
+        raise InvalidDicomError(f"unreadable header ({_first_line(err)})") from err
     return values
 
 

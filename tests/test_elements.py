@@ -147,3 +147,29 @@ def test_an_unknown_vr_is_handed_to_pydicom():
     mine = _walk(data, 0, False)
     _same("unknown VR", mine, _pydicom(data, 0, False), end_matters=True)
     assert [e.tag for e in mine[0]][:2] == [0x00080060, 0x00090010]
+
+
+def test_a_corrupted_header_walks_as_pydicom_reads_it(datasets):
+    """Bytes overwritten at random in the first elements of a dataset (seeded: hostile VRs,
+    lengths, tags, duplicate tags): the dataset a reader makes of the elements — the last of a
+    repeated tag, where the first was met, as a dict — is the same, or both raise alike."""
+    import random
+
+    rng = random.Random(20261126)
+    name, original, pos, implicit = next(d for d in datasets if d[0] == "CT_small.dcm")
+    variants = ({}, {"stop_when": _PIXELS.__contains__},
+                {"specific_tags": _HEADER, "defer_size": 1024, "stop_when": _PIXELS.__contains__})
+    compared = raised = 0
+    for _ in range(400):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(pos, pos + 1500)] = rng.randrange(256)
+        for kwargs in variants:
+            both = _both(name, bytes(data), pos, implicit, **kwargs)
+            if both is None:
+                raised += 1
+                continue
+            (mine, _), (theirs, _) = both
+            assert mine == list({e.tag: e for e in theirs}.values())
+            compared += 1
+    assert compared > 800 and raised > 10

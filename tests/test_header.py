@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from pydicom.multival import MultiValue
 
 from shared.dataset import HEADER_PREFIX, HEADER_TAGS, _plain_header_values, header_values, read_header
-from shared.errors import DicomfleetError, NotDicomError
+from shared.errors import DicomfleetError, InvalidDicomError, NotDicomError
 from producer.scan import SCAN_KEYWORDS
 from tests.conftest import TEST_FILES
 from tests.synthetic import write_series
@@ -116,3 +116,31 @@ def test_header_values_are_read_headers_values_for_every_bundled_file(tmp_path):
 def test_only_header_attributes_can_be_asked_for():
     with pytest.raises(ValueError, match="not header attributes: \\['PatientName'\\]"):
         header_values(io.BytesIO(b""), keywords=("Rows", "PatientName"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the corrupted character sets
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_a_header_corrupted_at_random_reads_as_read_header_reads_it(name):
+    """Bytes overwritten at random in the file meta and the first elements (seeded): the same
+    values as read_header's dataset, or the same refusal — the scan never takes for an image a
+    file that read_header calls not DICOM (a corrupt file meta VR once made that difference)."""
+    import random
+
+    rng = random.Random(name)
+    original = (TEST_FILES / name).read_bytes()
+    compared = refused = 0
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(132, 2000)] = rng.randrange(256)
+        data = bytes(data)
+        try:
+            expected = _dataset_values(read_header(io.BytesIO(data)))
+        except Exception as err:  # noqa: BLE001 - not DICOM, or a value pydicom cannot convert
+            with pytest.raises(type(err) if isinstance(err, DicomfleetError) else InvalidDicomError):
+                header_values(io.BytesIO(data))
+            refused += 1
+            continue
+        assert _typed(header_values(io.BytesIO(data))) == _typed(expected)
+        compared += 1
+    assert compared > 200 and refused >= 1

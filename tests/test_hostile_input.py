@@ -254,3 +254,19 @@ def test_corrupt_jpeg_that_aborts_gdcm_costs_one_instance():
     assert reason.startswith("(7FE0,0010) JPEG Baseline (Process 1) pixel data could not be decoded (every "
                              "decoder failed: pylibjpeg: ")
     assert "; pillow: " in reason and "; gdcm: " in reason and "\n" not in reason
+
+
+def test_a_file_meta_value_of_an_unknown_vr_is_skipped_with_its_reason_not_a_crash(tmp_path):
+    """A file meta element whose VR bytes are corrupt: the scan skips the file with a one-line
+    reason (the value cannot be converted), and the rest of the directory converts."""
+    data = bundled("CT_small.dcm").read_bytes()
+    marker = b"\x02\x00\x02\x00UI"  # (0002,0002) Media Storage SOP Class UID, VR UI
+    assert data.count(marker) == 1
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(data.replace(marker, b"\x02\x00\x02\x00U\xf2"))
+    assert read_instance(str(bad)).startswith("unreadable header (Unknown Value Representation")
+    (tmp_path / "good.dcm").write_bytes(data)
+    result = CliRunner().invoke(app, ["convert", str(tmp_path), "--out", str(tmp_path / "out"), "--no-deid",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 file(s): unreadable header" in result.output and "1 converted" in result.output
