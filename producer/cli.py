@@ -195,13 +195,14 @@ def conversion_options(*, fmt, no_deid: bool, deid_option, mask_region, slices, 
 @click.argument("sources", nargs=-1, required=True, help="DICOM files or directories (recursive).")
 @_option("--out", "-o", required=True, envvar="DICOMFLEET_OUT", help="Destination directory.")
 @conversion_flags
-@_option("--workers", type=int, default=0, envvar="DICOMFLEET_WORKERS", help="Processes (default: all cores).")
+@_option("--workers", type=click.IntRange(min=0), default=0, envvar="DICOMFLEET_WORKERS",
+         help="Processes (default 0: one per core, fewer below 16 files a process).")
 @_option("--pseudonym-map", envvar="DICOMFLEET_PSEUDONYM_MAP",
          help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")
 def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str | None, **flags) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     from shared.quiet import silence_in_this_process
-    from shared.runtime import import_pydicom_lean, usable_cores
+    from shared.runtime import import_pydicom_lean
 
     import_pydicom_lean()
     from .local import run_local
@@ -215,7 +216,7 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
     silence_in_this_process()  # decoders' own stderr (a Rust panic's text): the reasons say it
     bar = _Bar() if sys.stderr.isatty() else None
     try:
-        summary = run_local(list(sources), out, opts, workers=workers or usable_cores(), progress=bar)
+        summary = run_local(list(sources), out, opts, workers=workers, progress=bar)
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e
     except StorageError as e:  # an s3:// source or target that cannot be reached

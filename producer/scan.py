@@ -151,7 +151,7 @@ def _identity(path: str) -> str | tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _unique_files(sources: Iterable[str]) -> list[str]:
+def unique_files(sources: Iterable[str]) -> list[str]:
     """`iter_files` without the same file named twice (overlapping sources, symlinks)."""
     seen: set[str | tuple[int, int]] = set()
     files = []
@@ -170,7 +170,7 @@ def scan(sources: Iterable[str], *, on_file: Callable[[], None] | None = None,
     ``map_fn``: how headers are read, e.g. over a process pool (results in file order)."""
     groups: dict[tuple[str, str], list[Instance]] = defaultdict(list)
     skipped: Counter = Counter()
-    for found in map_fn(partial(read_instance, max_pixels=max_pixels), _unique_files(sources)):
+    for found in map_fn(partial(read_instance, max_pixels=max_pixels), unique_files(sources)):
         if on_file:
             on_file()
         if isinstance(found, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -313,3 +314,26 @@ def test_the_installed_command_decodes_every_compressed_syntax_as_an_ordinary_im
 
     lean, eager = hashes(tmp_path / "lean"), hashes(tmp_path / "eager")
     assert len(eager) >= 2 * len(chosen) - 4 and lean == eager
+
+
+@pytest.mark.parametrize("files,cores,expected", [(1, 8, 1), (15, 2, 1), (16, 2, 1), (32, 2, 2), (200, 2, 2),
+                                                  (200, 32, 12), (0, 4, 1)])
+def test_the_default_pool_is_sized_by_the_files(files, cores, expected):
+    from producer.local import processes_for
+
+    assert processes_for(files, cores) == expected
+
+
+def test_a_handful_of_files_starts_no_pool_unless_processes_are_asked_for(series, tmp_path):
+    """By default a short list converts in the command's own process (no multiprocessing loaded);
+    `--workers 2` is taken at its word."""
+    code = ("import sys, producer.cli as cli\n"
+            "try:\n    cli.app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('concurrent.futures.process' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "DICOMFLEET_WORKERS"}
+    for name, extra, pooled in (("default", [], "False"), ("two", ["--workers", "2"], "True")):
+        args = ["convert", str(series[0].parent), "--out", str(tmp_path / name), "--no-deid", *extra]
+        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                             env=env, cwd=Path(__file__).parent.parent)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip().splitlines()[-1] == pooled, name

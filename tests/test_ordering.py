@@ -165,12 +165,12 @@ def test_a_file_named_twice_is_scanned_once(tmp_path):
     """The same directory twice, a directory inside another source, a symlinked directory and
     file: each file once, named as first met; a dangling link is kept (it is skipped as
     unreadable by the scan, with its reason)."""
-    from producer.scan import _unique_files
+    from producer.scan import unique_files
 
     paths = write_series(tmp_path / "src", slices=3, size=16)
     (tmp_path / "alias").symlink_to(tmp_path / "src")
     (tmp_path / "one.dcm").symlink_to(paths[0])
     (tmp_path / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
-    found = _unique_files([str(tmp_path / "src"), str(tmp_path), str(tmp_path / "alias"), str(paths[1])])
+    found = unique_files([str(tmp_path / "src"), str(tmp_path), str(tmp_path / "alias"), str(paths[1])])
     assert sorted(found[:3]) == sorted(str(p) for p in paths)
     assert found[3:] == [str(tmp_path / "dangling.dcm")]
