@@ -27,10 +27,10 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
     RLETransferSyntaxes,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
 
-from .elements import walk_elements
+from .elements import VR_NAMES, walk_elements
 from .attributes import has, value_of
 from .codestream import j2k_size, jpeg_size, rle_capacity
 from .native import native_pixels
@@ -108,7 +108,6 @@ def _at_pixels(tag: int) -> bool:
 
 
 _TRANSFER_SYNTAX = 0x00020010
-_VR_NAMES = frozenset(str(vr) for vr in VR)
 
 
 def _plain_layout(data: bytes) -> tuple[dict, int, bool] | None:
@@ -120,7 +119,7 @@ def _plain_layout(data: bytes) -> tuple[dict, int, bool] | None:
         return None
     meta, start = walk_elements(data, 132, implicit=False, stop_when=_past_file_meta)
     raw = meta.get(_TRANSFER_SYNTAX)
-    if raw is None or raw.VR != "UI" or not all(elem.VR in _VR_NAMES for elem in meta.values()):
+    if raw is None or raw.VR != "UI" or not all(elem.VR in VR_NAMES for elem in meta.values()):
         return None  # no transfer syntax, a file meta in implicit VR or one of an unknown VR:
         # dcmread reads its VR mode off the first element, and a corrupt meta its own way
     syntax = _from_raw(raw, "UI", None).value

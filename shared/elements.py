@@ -24,6 +24,8 @@ from pydicom.values import convert_string
 
 #: The two-letter VR as it is encoded → (the VR as pydicom yields it, whether a 4-byte length follows)
 _KNOWN_VRS = {str(vr).encode(): (str(vr), str(vr) in EXPLICIT_VR_LENGTH_32) for vr in VR}
+#: The VRs pydicom knows, as elements carry them
+VR_NAMES = frozenset(name for name, _ in _KNOWN_VRS.values())
 _EXPLICIT = struct.Struct("<HH2sH").unpack_from
 _IMPLICIT = struct.Struct("<HHL").unpack_from
 _LENGTH_32 = struct.Struct("<L").unpack_from
