@@ -202,10 +202,11 @@ def conversion_options(*, fmt, no_deid: bool, deid_option, mask_region, slices, 
 def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str | None, **flags) -> None:
     """Convert DICOM series on this machine: no servers needed."""
     from shared.quiet import silence_in_this_process
-    from shared.runtime import import_pydicom_lean
+    from shared.runtime import import_pydicom_lean, imports_without_gc
 
-    import_pydicom_lean()
-    from .local import run_local
+    with imports_without_gc():
+        import_pydicom_lean()
+        from .local import run_local
 
     try:
         opts = conversion_options(pseudonym_map=pseudonym_map, **flags)

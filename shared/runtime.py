@@ -12,17 +12,21 @@ Start-up is paid by every `convert` (0.13 s of a 200-slice run's 0.43 s), so imp
 its path: OpenCV until something resizes, writes or checks a JPEG (`opencv`); requests, tqdm,
 urllib.request and pydicom's examples, which pydicom imports only for its own test files, and the
 libraries of pydicom's compression plugins until a compressed instance is met
-(`import_pydicom_lean`, `load_pixel_plugins`).
+(`import_pydicom_lean`, `load_pixel_plugins`); and no garbage is collected while they import
+(`imports_without_gc`).
 """
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import os
 import re
 import sys
 import threading
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 #: mallopt parameters (glibc malloc.h).
@@ -51,6 +55,25 @@ def tune_process() -> None:
     _done = True
     _glibc_mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES)
     _glibc_mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES)
+
+
+@contextmanager
+def imports_without_gc() -> Iterator[None]:
+    """Collect no garbage while a command imports its libraries, then freeze what they made.
+
+    Modules, classes and functions made at import live as long as the process, yet the ~400
+    imports of a `convert` trigger collections that walk them and free nothing: 30 M of a
+    one-slice run's 808 M instructions (callgrind). Frozen (`gc.freeze`), they stay out of later
+    collections, and pool processes forked afterwards do not copy their pages by marking them.
+    For entry points only: a library must not switch its host's collector off."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @cache

@@ -65,6 +65,26 @@ def test_numpy_starts_no_blas_threads_unless_the_environment_asks(preset, thread
     assert out.split() == [threads, threads]
 
 
+def test_imports_without_gc_collect_nothing_then_freeze_and_restore_the_collector():
+    """Inside the block no collection runs however much is allocated; after it, what was made is
+    frozen (out of later collections) and the collector is as it was: on again, or still off."""
+    code = "\n".join([
+        "import gc",
+        "from shared.runtime import imports_without_gc",
+        "runs, kept = [], []",
+        "gc.callbacks.append(lambda phase, info: runs.append(phase) if phase == 'start' else None)",
+        "for enabled in (True, False):",
+        "    gc.enable() if enabled else gc.disable()",
+        "    runs.clear(); frozen = gc.get_freeze_count()",
+        "    with imports_without_gc():",
+        "        kept.append([[i] for i in range(100_000)])",
+        "        inside = (gc.isenabled(), len(runs))",
+        "    print(*inside, gc.get_freeze_count() - frozen >= 100_000, gc.isenabled())",
+    ])
+    out = probe(code)
+    assert out.splitlines() == ["False 0 True True", "False 0 True False"]
+
+
 def test_modules_pydicom_imports_but_a_conversion_never_uses_load_on_first_use():
     """After `import_pydicom_lean` the HTTP stack of pydicom's downloader and pydicom's examples
     are stand-ins, not loaded; the first attribute asked of each loads the real module, which
