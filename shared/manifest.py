@@ -8,7 +8,6 @@ import io
 import json
 
 from . import __version__
-from .deid import manifest_entry
 from .options import ConvertOptions
 
 SCHEMA = 1
@@ -38,6 +37,15 @@ def without_timings(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in VOLATILE}
 
 
+def _deidentification(opts: ConvertOptions) -> dict | None:
+    """The record of the de-identification used; its module loads only when it was on."""
+    if not opts.deid:
+        return None
+    from .deid import manifest_entry
+
+    return manifest_entry(opts)
+
+
 def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/manifest.json"
 
@@ -58,7 +66,7 @@ def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions,
         # the map's file name is the user's choice and may say anything: only its use is recorded
         "parameters": {k: v for k, v in opts.to_json().items() if k != "pseudonym_map"},
         "deidentified": opts.deid,
-        "deidentification": manifest_entry(opts),
+        "deidentification": _deidentification(opts),
         "counts": {
             "instances": len(records),
             "converted": sum(1 for r in records if not r["error"]),

@@ -116,11 +116,14 @@ class ConvertOptions:
 
     def _check_deid(self) -> None:
         from .deid.burned_in import POLICIES, parse_region
-        from .deid.profile import validate_options
 
         if isinstance(self.deid_options, str):
             raise ConfigError("deid_options must be a list of option names")
-        object.__setattr__(self, "deid_options", validate_options(tuple(self.deid_options)))
+        object.__setattr__(self, "deid_options", tuple(self.deid_options))
+        if self.deid_options:  # none: nothing to check, and the profile's tables stay unloaded
+            from .deid.profile import validate_options
+
+            object.__setattr__(self, "deid_options", validate_options(self.deid_options))
         object.__setattr__(self, "mask_regions", tuple(parse_region(r) for r in self.mask_regions))
         if self.burned_in not in POLICIES:
             raise ConfigError(f"invalid burned-in policy {self.burned_in!r}: expected refuse or mask")
@@ -132,7 +135,6 @@ class ConvertOptions:
 
     def _check_series(self) -> None:
         from .pixels.orientation import ORIENTATIONS
-        from .report import parse_slices
 
         if self.orientation not in ORIENTATIONS:
             raise ConfigError(f"invalid orientation {self.orientation!r}: expected radiological or as-stored")
@@ -143,7 +145,10 @@ class ConvertOptions:
         if isinstance(self.slices, str):
             raise ConfigError("slices must be a list of slice choices")
         object.__setattr__(self, "slices", tuple(str(s) for s in self.slices))
-        parse_slices(self.slices)
+        if self.slices:  # none: the report's defaults; its module loads only for choices to check
+            from .report import parse_slices
+
+            parse_slices(self.slices)
         if not 0 < float(self.qa_fraction) <= 1:
             raise ConfigError(f"QA fraction must be in (0, 1], got {self.qa_fraction!r}")
         if self.qa_sheet and not {Format.PNG, Format.JPEG} & set(self.formats):

@@ -160,14 +160,16 @@ def test_a_local_convert_does_not_import_pydantic_nor_the_fleet(series, tmp_path
     terminal) loads no pydantic (typer's option adapters: ~0.1 s a run), no Celery, no MinIO client,
     no rich, which only a terminal's progress bar and colours need, no OpenCV, which a PNG that is
     not resized never needs, not requests nor tqdm, which pydicom would import for downloads, and
-    with one worker no multiprocessing (no pool)."""
+    with one worker no multiprocessing (no pool); with de-identification off, not the step's
+    profile tables and pseudonyms, and without a PDF nor --slices, not the report's module."""
     code = ("import sys, producer.cli; "
             f"rc = producer.cli.app(['convert', {str(series[0])!r}, '--out', {str(tmp_path)!r}, '--no-deid', "
             "'--workers', '1'], standalone_mode=False); "
             "print(rc, sorted(m for m in ('pydantic', 'celery', 'minio', 'rich', 'typer', 'cv2', 'requests', "
-            "'tqdm', 'multiprocessing') if m in sys.modules))")
+            "'tqdm', 'multiprocessing', 'shared.deid.step', 'shared.deid.profile', 'shared.report') "
+            "if m in sys.modules), 'shared.deid.metadata' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert run.stdout.strip() == "0 []"
+    assert run.stdout.strip() == "0 [] True"  # the output whitelist is read, the package's light part
     assert SUMMARY.match(run.stderr.strip())
     assert len(list(tmp_path.glob("*/*/0001.png"))) == 1
 
