@@ -24,6 +24,8 @@ def test_manifest_bytes_are_the_canonical_json_of_the_manifest():
     assert manifest_bytes(m) == (json.dumps(m, indent=2, sort_keys=True) + "\n").encode()
     assert json.loads(manifest_bytes(m)) == m
     assert manifest_bytes(_manifest(0)).endswith(b"}\n")
+    for other in ({}, {"a": []}, {"a": [[]], "b": {}}, {"b": [1, {"c": [2, {}], "a": "x\ny"}], "a": None}):
+        assert manifest_bytes(other) == (json.dumps(other, indent=2, sort_keys=True) + "\n").encode()
 
 
 def test_manifest_bytes_of_a_long_series_allocate_little_beyond_the_bytes():
