@@ -123,6 +123,18 @@ def targets(rows: dict, workers: int, startup: float | None = None,
     return out
 
 
+def long_series_targets(memory: list[dict], workers: int, slices: int) -> list[dict]:
+    """png w{N} ÷ w1 on the memory check's long series (its medians of whole runs): the same
+    target where a run's fixed start-up weighs a fifth of what it does on the timed series."""
+    rows = {row["workers"]: row for row in memory if "error" not in row}
+    if workers < 2 or 1 not in rows or workers not in rows:
+        return []
+    value = rows[workers][f"slices_per_s_{slices}"] / rows[1][f"slices_per_s_{slices}"]
+    limit = round(0.85 * workers, 2)
+    return [{"target": f"  same, a {slices}-slice series (whole runs)", "issue": 6,
+             "value": round(value, 3), "limit": limit, "met": value >= limit}]
+
+
 def _fmt(value, spec: str) -> str:
     """``value`` formatted, or a dash padded to the same width when there is none."""
     if isinstance(value, (int, float)):

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.memory:
         print(f"bench: memory, {a.slices} vs {a.memory_slices} slices", file=sys.stderr)
         results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 2)))
+        checks += report.long_series_targets(results["memory"], a.workers, a.memory_slices)
         save()
     if a.profile:
         dest = Path(a.out).with_name("profile-png-w1.txt")

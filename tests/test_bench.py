@@ -119,6 +119,15 @@ def test_targets_for_deid_startup_and_fleet():
     assert got[(4, "  same, local also to the S3 server: the queue's own overhead")] == (1.1, True)
 
 
+def test_speed_up_on_the_long_series_of_the_memory_check():
+    memory = [{"workers": 1, "slices_per_s_1000": 200.0}, {"workers": 2, "slices_per_s_1000": 350.0}]
+    assert report.long_series_targets(memory, 2, 1000) == [
+        {"target": "  same, a 1000-slice series (whole runs)", "issue": 6, "value": 1.75, "limit": 1.7,
+         "met": True}]
+    assert report.long_series_targets(memory[:1] + [{"workers": 2, "error": "x"}], 2, 1000) == []
+    assert report.long_series_targets(memory, 1, 1000) == []
+
+
 def test_every_contender_has_a_floor_and_missing_tools_skip():
     every = contenders(2, install_peers=False)
     names = {c.name for c in every}
