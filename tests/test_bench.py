@@ -119,6 +119,12 @@ def test_targets_for_deid_startup_and_fleet():
     assert got[(4, "  same, local also to the S3 server: the queue's own overhead")] == (1.1, True)
 
 
+def test_warm_reads_every_file_of_a_series(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"x" * 1000)
+    (tmp_path / "b.dcm").write_bytes(b"y" * 24)
+    assert data.warm(tmp_path) == 1024
+
+
 def test_speed_up_on_the_long_series_of_the_memory_check():
     memory = [{"workers": 1, "slices_per_s_1000": 200.0}, {"workers": 2, "slices_per_s_1000": 350.0}]
     assert report.long_series_targets(memory, 2, 1000) == [
