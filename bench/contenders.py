@@ -79,6 +79,16 @@ def _floor(output: str, source: str = "raw") -> Contender:
                      output, source, floor=name)
 
 
+def _floor_parts(workers: int) -> Contender:
+    """The floor in ``workers`` independent processes, each on every N-th file: what the machine
+    gives N processes that share nothing (the yardstick of the wN ÷ w1 target)."""
+    script = ('pids=""; for k in $(seq "$3"); do "$4" -m bench.yardsticks floor "$1" "$2" --format png '
+              '--part "$k/$3" & pids="$pids $!"; done; for p in $pids; do wait "$p" || exit 1; done')
+    return Contender(f"floor png w{workers}", "floor",
+                     lambda i, o: ["sh", "-c", script, "sh", i, o, str(workers), sys.executable],
+                     "png", workers=workers, floor="floor png")
+
+
 def _convert(output: str, workers: int, *, deid: bool = False, source: str = "raw") -> Contender:
     fmts = [a for f in output.split("+") for a in ("--format", f)]
     flags = [] if deid else ["--no-deid"]
@@ -136,7 +146,7 @@ def contenders(workers: int, *, compressed: tuple[str, ...] = ("j2k", "jls"),
         return c
 
     out = [_floor("png"), _convert("png", 1), with_deid("png", 1),
-           *(_convert("png", n) for n in counts if n != 1),
+           *(c for n in counts if n != 1 for c in (_convert("png", n), _floor_parts(n))),
            _dicom2jpg(ensure_dicom2jpg(install_peers)), _dcmtk(), _naive()]
     for f in FORMATS[1:]:
         out += [_floor(f), *(_convert(f, n) for n in counts)]

@@ -112,6 +112,12 @@ def targets(rows: dict, workers: int, startup: float | None = None,
         if startup is not None and _wall(rows, png1) and _wall(rows, pngn):
             check(f"  same, start-up ({startup:.2f} s) excluded", 6, ratio(png1, pngn, startup, startup),
                   speed_up, False)
+        floorn = f"floor png w{workers}"  # the yardstick: N processes that share nothing
+        check(f"  the machine: floor png w1 ÷ w{workers} (independent processes)", 6,
+              ratio("floor png", floorn), speed_up, False)
+        if floor_startup is not None and _wall(rows, "floor png") and _wall(rows, floorn):
+            check(f"  same, start-up ({floor_startup:.2f} s) excluded", 6,
+                  ratio("floor png", floorn, floor_startup, floor_startup), speed_up, False)
         fleetn = f"fleet png w{workers}"
         check(f"fleet speed-up w{workers} ÷ w1 (≥ 0.85·N)", 4, ratio("fleet png w1", fleetn), speed_up, False)
         # the fleet's own clock starts at submit (servers and workers up): against local without

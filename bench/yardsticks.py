@@ -33,15 +33,16 @@ def _window_lut(ds):
     return np.clip(((hu - (c - 0.5)) / (w - 1) + 0.5) * 255, 0, 255).astype(np.uint8)
 
 
-def floor(src: str, dst: str, fmt: str = "png") -> int:
-    """Convert every file in ``src``; returns the number converted."""
+def floor(src: str, dst: str, fmt: str = "png", part: tuple[int, int] = (1, 1)) -> int:
+    """Convert every file in ``src`` (with ``part`` (k, n): every n-th from the k-th, so that n
+    processes share a series); returns the number converted."""
     import cv2
     import pydicom
 
     os.makedirs(dst, exist_ok=True)
     kinds = fmt.split("+")
     lut = None
-    names = sorted(os.listdir(src))
+    names = sorted(os.listdir(src))[part[0] - 1::part[1]]
     for name in names:
         ds = pydicom.dcmread(os.path.join(src, name))
         px = _pixels(ds)
@@ -96,9 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--format", default="png", choices=FLOOR_FORMATS)
+    ap.add_argument("--part", default="1/1", help="K/N: the floor's share of N processes")
     a = ap.parse_args(argv)
+    k, _, n = a.part.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        ap.error(f"--part: expected K/N with 1 <= K <= N, got {a.part!r}")
     if a.which == "floor":
-        floor(a.src, a.dst, a.format)
+        floor(a.src, a.dst, a.format, (int(k), int(n)))
     else:
         naive(a.src, a.dst)
 

@@ -44,6 +44,20 @@ def test_floor_png_holds_the_projects_pixels(series, tmp_path):
     assert np.array_equal(tifffile.imread(tiff), pydicom.dcmread(data.files(series)[0]).pixel_array)
 
 
+def test_floor_in_parts_writes_what_one_floor_writes(series, tmp_path):
+    """The machine's yardstick for N workers: N floors on every N-th file, the same files out."""
+    from bench.contenders import REPO, _floor_parts
+    from bench.measure import run_child
+
+    assert yardsticks.floor(str(series), str(tmp_path / "one"), "png") == 3
+    assert yardsticks.floor(str(series), str(tmp_path / "x"), "png", (2, 2)) == 1
+    s = run_child(_floor_parts(2).argv(str(series), str(tmp_path / "two")), cwd=str(REPO))
+    assert s.ok
+    one, two = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 3
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
+
+
 @pytest.mark.parametrize("kind", sorted(data.COMPRESSED))
 def test_compressed_copies_are_lossless(series, kind):
     copy = data.compressed_copy(series, kind)
@@ -105,6 +119,7 @@ def test_target_ratios_pair_the_runs_of_a_round():
 def test_targets_for_deid_startup_and_fleet():
     rows = {name: {"name": name, "ok": True, "wall_s": wall} for name, wall in
             {"floor png": 1.0, "convert png w1": 1.2, "convert png w1 deid": 1.26, "convert png w2": 0.8,
+             "floor png w2": 0.65,
              "fleet png w1": 1.0, "fleet png w2": 0.55, "convert png w2 [s3]": 0.5}.items()}
     got = {(c["issue"], c["target"]): (c["value"], c["met"])
            for c in report.targets(rows, 2, startup=0.4, floor_startup=0.3)}
@@ -114,6 +129,8 @@ def test_targets_for_deid_startup_and_fleet():
     assert got[(6, "  same, per slice: start-up excluded (floor 0.30 s, ours 0.40 s)")] == (0.875, False)
     assert got[(6, "png speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.5, False)
     assert got[(6, "  same, start-up (0.40 s) excluded")] == (2.0, True)  # (1.2-0.4)/(0.8-0.4)
+    assert got[(6, "  the machine: floor png w1 ÷ w2 (independent processes)")] == (1.538, False)
+    assert got[(6, "  same, start-up (0.30 s) excluded")] == (2.0, True)  # (1.0-0.3)/(0.65-0.3)
     assert got[(4, "fleet speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.818, True)
     assert got[(4, "fleet png w2 ÷ png w2 without start-up (overhead < 20%)")] == (1.375, False)
     assert got[(4, "  same, local also to the S3 server: the queue's own overhead")] == (1.1, True)
