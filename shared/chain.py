@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from .attributes import value_of
 from .dataset import decode_pixels, read_dataset
+from . import deid as deidentification  # light: the step itself loads on first use
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import Transient, failure
@@ -192,10 +193,8 @@ def _start_instance(task: dict) -> tuple[dict, list[tuple[dict, Future]]]:
             ds = read_dataset(data, max_pixels=opts.max_pixels)
         mask: tuple[Region, ...] = ()
         if opts.deid:
-            from .deid import deidentify  # the step's module loads only when de-identifying
-
             with clock.stage("deid"):
-                deid = deidentify(ds, opts)
+                deid = deidentification.deidentify(ds, opts)
             mask = deid.mask
             if deid.masked_reason:
                 record["masked"] = deid.masked_reason

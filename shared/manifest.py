@@ -26,8 +26,9 @@ def manifest_bytes(manifest: dict) -> bytes:
     on its own and indented into place. json's indenting encoder is pure Python: over a whole
     series ``json.dumps`` lists every small piece of the text before joining them (~60 strings
     an instance, the largest allocation of a 1000-slice run) and ``json.dump`` to a stream
-    writes them one by one (twice as slow: 19 ms for 200 instances here, against 9); item by
-    item, neither cost grows with the series (tests/test_manifest.py pins the bytes)."""
+    writes them one by one (19 ms for 200 instances on the bench machine, where this takes
+    10.5); item by item, neither cost grows with the series (tests/test_manifest.py pins the
+    bytes)."""
     out = io.BytesIO()
     out.write(b"{")
     for n, key in enumerate(sorted(manifest)):
