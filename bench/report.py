@@ -75,6 +75,11 @@ def paired_ratio(a: dict | None, b: dict | None, *, less_a: float = 0.0, less_b:
     return None
 
 
+def speed_up_limit(workers: int) -> float:
+    """Issue 6's N-worker target: N workers on N cores at least 0.85·N times one."""
+    return round(0.85 * workers, 2)
+
+
 def targets(rows: dict, workers: int, startup: float | None = None,
             floor_startup: float | None = None) -> list[dict]:
     """The targets of issues 2, 3 and 6, each as a measured ratio and whether it holds.
@@ -107,17 +112,19 @@ def targets(rows: dict, workers: int, startup: float | None = None,
                   6, ratio(ref, mine, floor_startup, startup), 2.0, False)
     check("png w1 deid wall ÷ png w1 (de-id adds ≤ 10%)", 3, ratio("convert png w1 deid", png1), 1.1, True)
     if workers > 1:
-        pngn, speed_up = f"convert png w{workers}", round(0.85 * workers, 2)
-        check(f"png speed-up w{workers} ÷ w1 (≥ 0.85·N)", 6, ratio(png1, pngn), speed_up, False)
-        if startup is not None and _wall(rows, png1) and _wall(rows, pngn):
-            check(f"  same, start-up ({startup:.2f} s) excluded", 6, ratio(png1, pngn, startup, startup),
-                  speed_up, False)
-        floorn = f"floor png w{workers}"  # the yardstick: N processes that share nothing
-        check(f"  the machine: floor png w1 ÷ w{workers} (independent processes)", 6,
-              ratio("floor png", floorn), speed_up, False)
-        if floor_startup is not None and _wall(rows, "floor png") and _wall(rows, floorn):
-            check(f"  same, start-up ({floor_startup:.2f} s) excluded", 6,
-                  ratio("floor png", floorn, floor_startup, floor_startup), speed_up, False)
+        speed_up = speed_up_limit(workers)
+
+        def scaling(what: str, one: str, many: str, start: float | None) -> None:
+            check(what, 6, ratio(one, many), speed_up, False)
+            if start is not None and _wall(rows, one) and _wall(rows, many):
+                check(f"  same, start-up ({start:.2f} s) excluded", 6, ratio(one, many, start, start),
+                      speed_up, False)
+
+        pngn = f"convert png w{workers}"
+        scaling(f"png speed-up w{workers} ÷ w1 (≥ 0.85·N)", png1, pngn, startup)
+        # the yardstick: the floor in N processes that share nothing
+        scaling(f"  the machine: floor png w1 ÷ w{workers} (independent processes)", "floor png",
+                f"floor png w{workers}", floor_startup)
         fleetn = f"fleet png w{workers}"
         check(f"fleet speed-up w{workers} ÷ w1 (≥ 0.85·N)", 4, ratio("fleet png w1", fleetn), speed_up, False)
         # the fleet's own clock starts at submit (servers and workers up): against local without
@@ -136,7 +143,7 @@ def long_series_targets(memory: list[dict], workers: int, slices: int) -> list[d
     if workers < 2 or 1 not in rows or workers not in rows:
         return []
     value = rows[workers][f"slices_per_s_{slices}"] / rows[1][f"slices_per_s_{slices}"]
-    limit = round(0.85 * workers, 2)
+    limit = speed_up_limit(workers)
     return [{"target": f"  same, a {slices}-slice series (whole runs)", "issue": 6,
              "value": round(value, 3), "limit": limit, "met": value >= limit}]
 
