@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -114,43 +115,61 @@ def stage_profiles(src: Path, workdir: Path, outputs: list[str]) -> list[dict]:
 def memory_check(workdir: Path, sizes: tuple[int, int], workers: int, runs: int,
                  outdir: Path | None = None) -> list[dict]:
     """Peak RSS of `convert png` on a short and a long series: streaming means it stays flat.
-    Their walls give the speed-up on the long series: outputs go where the timed contenders'
-    go (``outdir``, tmpfs), so that no run waits for an earlier one's disk writeback."""
-    rows = []
+
+    Their walls give the speed-up on the long series, so the runs go in rounds as the timed
+    contenders do: every (workers, series) once a round, odd rounds in reverse order, and each
+    row keeps its walls in round order (``walls_<slices>``) for ratios paired within a round.
+    Outputs go where the timed contenders' go (``outdir``, tmpfs), so that no run waits for an
+    earlier one's disk writeback."""
     outdir = outdir or workdir
-    for n in sorted({1, workers}):
+    counts = sorted({1, workers})
+    sources = {slices: data.series(workdir, slices) for slices in sizes}
+    order = [(n, slices) for n in counts for slices in sizes]
+    walls: dict[tuple[int, int], list[float]] = {key: [] for key in order}
+    rss: dict[tuple[int, int], list[float]] = {key: [] for key in order}
+    failed: dict[int, str] = {}
+    for round_no in range(runs):
+        for n, slices in order if round_no % 2 == 0 else order[::-1]:
+            if n in failed:
+                continue
+            data.warm(sources[slices])  # from the page cache for w1 as for wN: the speed-up is a target
+            out = fresh_dir(str(outdir / "out"))
+            s = run_child([dicomfleet_exe(), "convert", str(sources[slices]), "--out", out, "--no-deid",
+                           "--workers", str(n)], cwd=str(REPO), log=str(workdir / "last.log"))
+            if not s.ok:  # recorded, never fatal: the timings already taken are kept
+                print(f"  memory w{n} {slices} slices: FAILED {s.error}", file=sys.stderr)
+                failed[n] = s.error
+                continue
+            walls[n, slices].append(s.wall)
+            rss[n, slices].append(s.rss_mb)
+    rows = []
+    for n in counts:
+        if n in failed:
+            rows.append({"workers": n, "error": failed[n]})
+            continue
         row: dict = {"workers": n}
         for slices in sizes:
-            src = data.series(workdir, slices)
-            data.warm(src)  # from the page cache for w1 as for wN: the speed-up is a target
-            walls, rss = [], []
-            for _ in range(runs):
-                out = fresh_dir(str(outdir / "out"))
-                s = run_child([dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid",
-                               "--workers", str(n)], cwd=str(REPO), log=str(workdir / "last.log"))
-                if not s.ok:  # recorded, never fatal: the timings already taken are kept
-                    print(f"  memory w{n} {slices} slices: FAILED {s.error}", file=sys.stderr)
-                    return rows + [{"workers": n, "error": s.error}]
-                walls.append(s.wall)
-                rss.append(s.rss_mb)
-            row[f"rss_mb_{slices}"] = round(sorted(rss)[len(rss) // 2], 1)
-            row[f"slices_per_s_{slices}"] = round(slices / sorted(walls)[len(walls) // 2], 1)
+            row[f"rss_mb_{slices}"] = round(statistics.median(rss[n, slices]), 1)
+            row[f"slices_per_s_{slices}"] = round(slices / statistics.median(walls[n, slices]), 1)
+            row[f"walls_{slices}"] = [round(w, 4) for w in walls[n, slices]]
             print(f"  memory w{n} {slices} slices: {row[f'rss_mb_{slices}']} MiB", file=sys.stderr, flush=True)
         row["rss_ratio"] = round(row[f"rss_mb_{sizes[1]}"] / row[f"rss_mb_{sizes[0]}"], 3)
         rows.append(row)
     return rows
 
 
-def startup_wall(workdir: Path, size: int, runs: int, *, floor: bool = False) -> float | None:
+def startup_wall(workdir: Path, size: int, runs: int, *, floor: bool = False, workers: int = 1) -> float | None:
     """Best wall of `convert png` (or of the floor's png) on a one-slice series: the fixed cost of
-    a run (interpreter, imports, command line, manifest) that no number of workers divides. The
-    best, not the median: a fixed cost is what is left when the machine's noise is not added to it."""
+    a run (interpreter, imports, command line, manifest) that no number of workers divides; with
+    ``workers`` > 1 also the pool's (importing it, forking, shutting it down: ~20 ms more on 2
+    vCPUs). The best, not the median: a fixed cost is what is left when the machine's noise is
+    not added to it."""
     src = data.series(workdir, 1, size)
     walls = []
     for _ in range(runs):
         out = fresh_dir(str(workdir / "out"))
         argv = [sys.executable, "-m", "bench.yardsticks", "floor", str(src), out, "--format", "png"] if floor \
-            else [dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid", "--workers", "1"]
+            else [dicomfleet_exe(), "convert", str(src), "--out", out, "--no-deid", "--workers", str(workers)]
         s = run_child(argv, cwd=str(REPO), log=str(workdir / "last.log"))
         if not s.ok:
             print(f"  start-up{' (floor)' if floor else ''}: FAILED {s.error}", file=sys.stderr)
@@ -217,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_ratios(rows, {c.name: c.floor for c in active})
     startup = startup_wall(workdir, a.size, a.runs) if any(c.group == "project" for c in active) else None
     floor_startup = startup_wall(workdir, a.size, a.runs, floor=True) if startup is not None else None
-    checks = report.targets(rows, a.workers, startup, floor_startup)
+    pool_startup = startup_wall(workdir, a.size, a.runs, workers=a.workers) \
+        if startup is not None and a.workers > 1 else None
+    checks = report.targets(rows, a.workers, startup, floor_startup, pool_startup)
 
     results: dict = {"machine": report.machine(), "shared_machine_note":
                      "2 cores shared with other engineers' test runs: compare ratios within one run",
                      "parameters": {"slices": a.slices, "size": a.size, "runs": a.runs, "workers": a.workers},
                      "contenders": rows, "skipped": skipped, "targets": checks, "startup_s": startup,
-                     "floor_startup_s": floor_startup}
+                     "floor_startup_s": floor_startup, "pool_startup_s": pool_startup}
 
     def save() -> None:  # after every phase, so that a later failure keeps what was measured
         results["bench_seconds"] = round(time.time() - started, 1)
@@ -238,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if a.memory:
         print(f"bench: memory, {a.slices} vs {a.memory_slices} slices", file=sys.stderr)
-        results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 2)),
+        results["memory"] = memory_check(workdir, (a.slices, a.memory_slices), a.workers, max(1, min(a.runs, 5)),
                                          outdir)
-        checks += report.long_series_targets(results["memory"], a.workers, a.memory_slices)
+        checks += report.long_series_targets(results["memory"], a.workers, a.memory_slices, startup,
+                                              pool_startup)
         save()
     if a.profile:
         dest = Path(a.out).with_name("profile-png-w1.txt")

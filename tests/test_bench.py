@@ -12,8 +12,9 @@ import pydicom
 import pytest
 
 from bench import data, report, yardsticks
+from bench import run as bench_run
 from bench.contenders import contenders
-from bench.measure import run_child
+from bench.measure import Sample, run_child
 from bench.run import main as bench_main
 from shared.chain import SeriesJob, convert_series
 from shared.options import ConvertOptions
@@ -134,6 +135,10 @@ def test_targets_for_deid_startup_and_fleet():
     assert got[(4, "fleet speed-up w2 ÷ w1 (≥ 0.85·N)")] == (1.818, True)
     assert got[(4, "fleet png w2 ÷ png w2 without start-up (overhead < 20%)")] == (1.375, False)
     assert got[(4, "  same, local also to the S3 server: the queue's own overhead")] == (1.1, True)
+    # the N-worker side's own start-up, its pool's included, when it was measured
+    pooled = {c["target"]: c["value"] for c in report.targets(rows, 2, startup=0.4, floor_startup=0.3,
+                                                               pool_startup=0.5)}
+    assert pooled["  same, start-up (w1 0.40 s, w2 0.50 s) excluded"] == 2.667  # (1.2-0.4)/(0.8-0.5)
 
 
 def test_warm_reads_every_file_of_a_series(tmp_path):
@@ -149,6 +154,38 @@ def test_speed_up_on_the_long_series_of_the_memory_check():
          "met": True}]
     assert report.long_series_targets(memory[:1] + [{"workers": 2, "error": "x"}], 2, 1000) == []
     assert report.long_series_targets(memory, 1, 1000) == []
+
+
+def test_long_series_speed_up_pairs_the_rounds_and_takes_out_the_start_up():
+    # round 1 ran through a slow phase of the host: paired, it weighs on both sides
+    memory = [{"workers": 1, "slices_per_s_1000": 200.0, "walls_1000": [5.0, 10.0, 5.2]},
+              {"workers": 2, "slices_per_s_1000": 350.0, "walls_1000": [2.5, 6.0, 2.6]}]
+    assert report.long_series_targets(memory, 2, 1000, startup=0.5, pool_startup=0.6)[1]["value"] == \
+        round(statistics.median([4.5 / 1.9, 9.5 / 5.4, 4.7 / 2.0]), 3)
+    got = report.long_series_targets(memory, 2, 1000, startup=0.5)
+    assert [row["target"] for row in got] == ["  same, a 1000-slice series (whole runs)",
+                                              "  same, a 1000-slice series, start-up excluded"]
+    assert got[0]["value"] == 2.0  # median of 2.0, 1.667, 2.0
+    assert got[1]["value"] == round(statistics.median([4.5 / 2.0, 9.5 / 5.5, 4.7 / 2.1]), 3)
+    assert [row["met"] for row in got] == [True, True]
+
+
+def test_memory_check_runs_in_rounds_and_keeps_the_walls(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_child(argv, cwd, log):
+        n, src = int(argv[argv.index("--workers") + 1]), argv[2]
+        calls.append((n, Path(src).name))
+        return Sample(1.0 / n, 1.0, 40.0 + len(calls) % 2, True, "")
+
+    monkeypatch.setattr(bench_run, "run_child", fake_child)
+    monkeypatch.setattr(bench_run.data, "series", lambda workdir, slices: tmp_path / f"ct{slices}")
+    monkeypatch.setattr(bench_run.data, "warm", lambda path: 0)
+    rows = bench_run.memory_check(tmp_path, (3, 7), 2, 2)
+    first = [(1, "ct3"), (1, "ct7"), (2, "ct3"), (2, "ct7")]
+    assert calls == first + first[::-1]  # odd rounds in reverse
+    assert [row["walls_7"] for row in rows] == [[1.0, 1.0], [0.5, 0.5]]
+    assert [row["slices_per_s_7"] for row in rows] == [7.0, 14.0]
 
 
 def test_every_contender_has_a_floor_and_missing_tools_skip():
@@ -167,7 +204,7 @@ def test_bench_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "results.json"
     code = bench_main(["--slices", "3", "--size", "64", "--runs", "1", "--workdir", str(tmp_path / "w"),
                        "--out", str(out), "--only", "convert png w1,pydicom", "--no-compressed",
-                       "--no-install", "--no-stages"])
+                       "--no-install", "--no-stages", "--workers", "2"])
     results = json.loads(out.read_text())
     assert code == 0
     rows = results["contenders"]
@@ -181,3 +218,4 @@ def test_bench_run_end_to_end(tmp_path, capsys):
     assert "convert png w1" in capsys.readouterr().out
     assert 0 < results["startup_s"] < 30  # a one-slice run: the fixed cost of every run
     assert 0 < results["floor_startup_s"] < 30
+    assert 0 < results["pool_startup_s"] < 30  # the same with a pool of two
