@@ -5,7 +5,7 @@ import json
 import tracemalloc
 
 from shared.chain import SeriesJob, convert_series
-from shared.manifest import VOLATILE, manifest_bytes, without_timings
+from shared.manifest import VOLATILE, build_manifest, manifest_bytes, without_timings
 from shared.options import ConvertOptions
 
 
@@ -78,3 +78,13 @@ def test_records_are_held_for_the_manifest_without_their_timings(tmp_path, monke
     assert [set(r) & VOLATILE for r in held[0]] == [set()] * 3
     assert without_timings(seen[0]) == held[0][0]
     assert json.loads((tmp_path / "out" / "st" / "se" / "manifest.json").read_bytes())["counts"]["instances"] == 3
+
+
+def test_the_manifest_records_the_deidentification_only_when_it_was_on():
+    off = build_manifest("s/t", [], ConvertOptions(formats=("png",), deid=False))
+    assert off["deidentified"] is False and off["deidentification"] is None
+    on = build_manifest("s/t", [], ConvertOptions(formats=("png",), deid_options=("retain-device-id",)))
+    assert on["deidentified"] is True
+    assert on["deidentification"]["options"] == ["retain-device-id"]
+    assert on["deidentification"]["profile"].endswith("Basic Application Level Confidentiality Profile")
+    assert {"code": "113109", "scheme": "DCM", "meaning": "Retain Device Identity Option"} in on["deidentification"]["codes"]

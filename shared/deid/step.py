@@ -119,10 +119,9 @@ def _stamp_elements(options: tuple[str, ...], masked: bool) -> tuple[DataElement
     )
 
 
-def manifest_entry(opts: ConvertOptions) -> dict | None:
-    """The manifest's record of the de-identification used (None when it was off)."""
-    if not opts.deid:
-        return None
+def manifest_entry(opts: ConvertOptions) -> dict:
+    """The manifest's record of the de-identification ``opts`` ask for (the manifest records
+    None when it was off, without loading this module)."""
     return {
         "profile": f"{load_table().reference} Basic Application Level Confidentiality Profile",
         "options": list(opts.deid_options),
