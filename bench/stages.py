@@ -1,5 +1,5 @@
 """Where one slice's time goes: the chain's own per-stage timings (shared/timing.py), summed over
-a series converted in this process, one instance after the other.
+a series converted in this process in the chunks a one-process run uses (`chain.chunked`).
 
 usage: python -m bench.stages SRC OUT [--format png]... [--deid]   (prints JSON: ms per slice)
 """
@@ -14,7 +14,7 @@ from collections import Counter
 
 def profile(src: str, out: str, formats: list[str], deid: bool = False) -> dict:
     """ms per slice for every stage, the instance total and the wall time per slice."""
-    from shared.chain import convert_instance, instance_task
+    from shared.chain import chunked, convert_chunk, instance_task
     from shared.options import ConvertOptions
     from shared.timing import STAGES
 
@@ -23,10 +23,10 @@ def profile(src: str, out: str, formats: list[str], deid: bool = False) -> dict:
     totals: Counter = Counter()
     instance = 0.0
     started = time.perf_counter()
-    for index, path in enumerate(paths, start=1):
-        record = convert_instance(instance_task(path, index, "study/series", out, opts))
+    tasks = [instance_task(path, index, "study/series", out, opts) for index, path in enumerate(paths, start=1)]
+    for record in (r for chunk in chunked(tasks, 1) for r in convert_chunk(chunk)):
         if record["error"]:
-            raise SystemExit(f"bench.stages: instance {index} failed: {record['error']['reason']}")
+            raise SystemExit(f"bench.stages: instance {record['index']} failed: {record['error']['reason']}")
         totals.update(record["stages"])
         instance += record["seconds"]
     wall = time.perf_counter() - started

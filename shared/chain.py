@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from .attributes import value_of
 from .dataset import decode_pixels, read_dataset
+from .digest import lanes, sha256_many
 from . import deid as deidentification  # light: the step itself loads on first use
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
@@ -31,7 +32,7 @@ from .pixels.voi import Window
 from .runtime import tune_process
 from .store import Store, open_store, read_source
 from .timing import StageClock
-from .verify import sha256, verify_lossless, verify_lossy
+from .verify import verify_lossless, verify_lossy
 
 tune_process()  # malloc and OpenCV threads set for one instance after another (shared/runtime.py)
 
@@ -157,40 +158,122 @@ def convert_chunk(tasks: list[dict]) -> list[dict]:
     next converts (`Store.write_behind`); the records come back once every output is durable, so
     a record never lists an output the store does not hold. The unit a pool process runs.
 
+    Sources are read a group at a time (`fetch_groups`) so that their SHA-256s, and then their
+    outputs', are computed together (`digest.sha256_many`).
     Every upload of the chunk has ended when this returns or raises: none is left to land later.
     """
-    started: list[tuple[dict, list[tuple[dict, Future]]]] = []
+    started: list[_Started] = []
     try:
-        for task in tasks:
-            started.append(_start_instance(task))
+        for group in fetch_groups(tasks):
+            for task, source in group:
+                started.append(_start_instance(task, source))
+            _hash_outputs(started[-len(group):])
     finally:
         waiting = time.perf_counter()
-        wait([pending for _, writes in started for _, pending in writes])
+        wait([pending for one in started for _, pending in one.writes])
     waited = time.perf_counter() - waiting
-    if started and started[-1][1]:  # the wait for the last uploads is the last instance's store time
-        last = started[-1][0]
+    if started and started[-1].writes:  # the wait for the last uploads is the last instance's store time
+        last = started[-1].record
         last["stages"]["store"] = round(last["stages"].get("store", 0.0) + waited, 6)
         last["seconds"] = round(last["seconds"] + waited, 4)
-    return [_settle(record, writes) for record, writes in started]
+    return [_settle(one.record, one.writes) for one in started]
 
 
-def _start_instance(task: dict) -> tuple[dict, list[tuple[dict, Future]]]:
-    """Read, convert, start writing: the record without outputs yet, and each output's entry with
-    its pending write."""
+#: Bytes of sources a group holds at most (besides its count, `digest.lanes`): CT slices are
+#: ~0.5 MB, so 16 of them; one large multi-frame instance makes a group of its own.
+GROUP_BYTES = 32 << 20
+
+
+@dataclass
+class Fetched:
+    """One source as read: its bytes and SHA-256, or why it could not be read."""
+
+    data: bytes | None = None
+    sha256: str | None = None
+    seconds: float = 0.0
+    error: Exception | None = None
+
+
+def fetch_groups(tasks: list[dict]) -> Iterator[list[tuple[dict, Fetched]]]:
+    """The tasks with their sources read and hashed, in groups of up to `digest.lanes` tasks and
+    `GROUP_BYTES` (one task a group where hashlib hashes one message at a time anyway).
+
+    A transient storage fault propagates (the series is retried); any other failure to read is
+    that instance's, recorded when it starts."""
+    width = lanes()
+    group: list[tuple[dict, Fetched]] = []
+    held = 0
+    for i, task in enumerate(tasks):
+        source = Fetched()
+        started = time.perf_counter()
+        try:
+            source.data = read_source(task["source"])
+            held += len(source.data)
+        except Transient:
+            raise
+        except Exception as err:
+            source.error = err
+        source.seconds = time.perf_counter() - started
+        group.append((task, source))
+        if len(group) == width or held >= GROUP_BYTES or i == len(tasks) - 1:
+            _hash_sources([s for _, s in group])
+            yield group
+            group, held = [], 0
+
+
+def _hash_sources(sources: list[Fetched]) -> None:
+    """Each read source's SHA-256, computed together; the time shared out as fetch time."""
+    read = [s for s in sources if s.data is not None]
+    started = time.perf_counter()
+    for source, digest in zip(read, sha256_many([s.data for s in read])):
+        source.sha256 = digest
+    share = (time.perf_counter() - started) / max(1, len(read))
+    for source in read:
+        source.seconds += share
+
+
+@dataclass
+class _Started:
+    """An instance converted and writing: its record, each output's entry with its pending write,
+    and the outputs whose SHA-256 the group computes next (`_hash_outputs`)."""
+
+    record: dict
+    writes: list[tuple[dict, Future]]
+    unhashed: list[tuple[dict, bytes]]
+
+
+def _hash_outputs(group: list[_Started]) -> None:
+    """The SHA-256 of every output of a group, computed together and counted as verify time."""
+    entries = [(one, entry, data) for one in group for entry, data in one.unhashed]
+    started = time.perf_counter()
+    digests = sha256_many([data for _, _, data in entries])
+    share = (time.perf_counter() - started) / max(1, len(entries))
+    for (one, entry, _), digest in zip(entries, digests):
+        entry["sha256"] = digest
+        stages = one.record["stages"]
+        stages["verify"] = round(stages.get("verify", 0.0) + share, 6)
+        one.record["seconds"] = round(one.record["seconds"] + share, 4)
+    for one in group:
+        one.unhashed = []
+
+
+def _start_instance(task: dict, source: Fetched) -> _Started:
+    """Convert one read source and start writing its outputs."""
     opts = ConvertOptions.from_json(task["options"])
     store = open_store(task["dest"])
     index, prefix = int(task["index"]), task["prefix"].rstrip("/")
-    record: dict = {"index": index, "source_sha256": None, "outputs": [], "error": None}
-    writes: list[tuple[dict, Future]] = []
+    record: dict = {"index": index, "source_sha256": source.sha256, "outputs": [], "error": None}
+    one = _Started(record, [], [])
     clock = StageClock()
-    started = time.perf_counter()
+    clock.seconds["fetch"] = source.seconds
+    started = time.perf_counter() - source.seconds
     try:
-        with clock.stage("fetch"):
-            data = read_source(task["source"])
-            record["source_sha256"] = sha256(data)
-            record["source_bytes"] = len(data)  # the manifest and the bytes-in metric
+        if source.error is not None:
+            raise source.error
+        record["source_bytes"] = len(source.data)  # the manifest and the bytes-in metric
         with clock.stage("parse"):
-            ds = read_dataset(data, max_pixels=opts.max_pixels)
+            ds = read_dataset(source.data, max_pixels=opts.max_pixels)
+        source.data = None  # the dataset holds what it needs
         mask: tuple[Region, ...] = ()
         if opts.deid:
             with clock.stage("deid"):
@@ -208,18 +291,19 @@ def _start_instance(task: dict) -> tuple[dict, list[tuple[dict, Future]]]:
             key = f"{prefix}/{out.name(index)}"
             with clock.stage("store"):  # blocks only while the uploads in flight are at their bound
                 pending = store.write_behind(key, out.data)
-            entry = {"path": key, "format": out.format.value, "sha256": sha256(out.data),
+            entry = {"path": key, "format": out.format.value, "sha256": None,
                      "size": len(out.data), "frame": out.frame, "verification": out.verification}
             entry.update(out.extra)
-            writes.append((entry, pending))
+            one.writes.append((entry, pending))
+            one.unhashed.append((entry, out.data))
     except Transient:
-        wait([pending for _, pending in writes])
+        wait([pending for _, pending in one.writes])
         raise
     except Exception as err:  # bad input, or a bug of ours: costs one instance, never the series
         record["error"] = failure(err)
     record["seconds"] = round(time.perf_counter() - started, 4)
     record["stages"] = clock.rounded()
-    return record, writes
+    return one
 
 
 def _settle(record: dict, writes: list[tuple[dict, Future]]) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .dataset import decode_pixels, read_dataset, read_header
+from .digest import sha256
 from .deid import deidentify
 from .deid.burned_in import mask_regions
 from .errors import Transient, VerificationError, failure
@@ -23,7 +24,7 @@ from .metadata import embedded_fields, tiff_tags
 from .options import ConvertOptions, Format
 from .pixels.orientation import frame_position
 from .store import Store, open_source, read_source
-from .verify import decode, sha256, ssim
+from .verify import decode, ssim
 
 PDF_NAME, TIFF_NAME, NPY_NAME = "series.pdf", "series.tiff", "series.npy"
 

@@ -1,7 +1,6 @@
 """Verification of every output: hashes, lossless round trips, SSIM for lossy encodings."""
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -9,10 +8,6 @@ import numpy as np
 from . import png
 from .errors import VerificationError
 from .runtime import opencv
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def decode_png(buf: bytes) -> np.ndarray:
