@@ -430,24 +430,53 @@ def read_source(ref: str) -> bytes:
         raise StorageError(f"cannot read source: {err.strerror}") from err
 
 
-def source_fingerprints(refs: Iterable[str]) -> list[str]:
-    """A content fingerprint per source, for job ids: the S3 ETag, or the SHA-256 of a local file."""
-    import hashlib
+#: Bytes of local sources `source_fingerprints` holds at once to hash them together; a larger
+#: file is hashed as it is read instead.
+FINGERPRINT_BYTES = 32 << 20
 
-    out = []
+
+def source_fingerprints(refs: Iterable[str]) -> list[str]:
+    """A content fingerprint per source, for job ids: the S3 ETag, or the SHA-256 of a local file
+    (files read a group at a time and hashed together: `digest.sha256_many`)."""
+    from .digest import sha256_many
+
+    out: list[str] = []
+    held: list[tuple[int, bytes]] = []
+
+    def flush() -> None:
+        for (i, _), digest in zip(held, sha256_many([data for _, data in held])):
+            out[i] = "sha256:" + digest
+        held.clear()
+
     for ref in refs:
         tag = _LISTED.get(ref, (None, None))[1]
         if tag is None and is_s3(ref):
             bucket, name = split_s3(ref)
             tag = _s3_call("stat", "source", s3_client().stat_object, bucket, name).etag.strip('"')
+        out.append(tag or "")
         if tag is None:
-            h = hashlib.sha256()
             try:
-                with open(ref, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
+                if os.path.getsize(ref) > FINGERPRINT_BYTES:
+                    out[-1] = "sha256:" + _hash_file(ref)
+                    continue
             except OSError as err:
                 raise StorageError(f"cannot read source: {err.strerror}") from err
-            tag = "sha256:" + h.hexdigest()
-        out.append(tag)
+            held.append((len(out) - 1, read_source(ref)))
+            if sum(len(data) for _, data in held) >= FINGERPRINT_BYTES:
+                flush()
+    flush()
     return out
+
+
+def _hash_file(path: str) -> str:
+    """The SHA-256 of a file too large to hold, read a MiB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as err:
+        raise StorageError(f"cannot read source: {err.strerror}") from err
+    return h.hexdigest()

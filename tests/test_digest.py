@@ -121,3 +121,19 @@ def test_groups_hold_at_most_the_lanes_and_the_bytes(series, monkeypatch):
     monkeypatch.setattr(chain, "lanes", lambda: 1)
     monkeypatch.setattr(chain, "GROUP_BYTES", 1 << 30)
     assert [len(g) for g in fetch_groups(tasks)] == [1] * 22
+
+
+def test_fingerprints_hash_files_together_and_stream_the_large_ones(tmp_path, monkeypatch):
+    from shared import store
+    from shared.errors import StorageError
+
+    rng = random.Random(5)
+    paths = []
+    for i, size in enumerate([70_000] * 19 + [0, 250_000, 69_999]):
+        paths.append(tmp_path / f"{i:02d}.dcm")
+        paths[-1].write_bytes(rng.randbytes(size))
+    monkeypatch.setattr(store, "FINGERPRINT_BYTES", 200_000)  # flushes every three files; 250 kB streamed
+    want = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert store.source_fingerprints([str(p) for p in paths]) == want
+    with pytest.raises(StorageError, match="cannot read source"):
+        store.source_fingerprints([str(paths[0]), str(tmp_path / "gone.dcm")])
