@@ -297,6 +297,49 @@ def test_the_float32_route_serves_the_usual_ct_windows():
                      (300.0, 1500.0): True, (50.0, 350.0): False}
 
 
+def _numpy_affine(arr, a, b, monkeypatch):
+    from shared.pixels import render
+
+    with monkeypatch.context() as m:
+        m.setattr(render, "_affine", None)
+        return render._apply_affine(arr, a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_the_one_pass_window_equals_numpys_for_every_value(dtype, monkeypatch):
+    """shared/pixels/_affine.c against numpy's five passes, over every value of the type, for
+    CT windows, steep and shallow slopes, inverted ones and slopes that overflow float32."""
+    _affine = pytest.importorskip("shared.pixels._affine", reason="the one-pass window was not built here")
+    from shared.pixels.render import _apply_affine, stored_domain
+
+    domain = stored_domain(np.dtype(dtype)).astype(dtype)
+    rng = np.random.default_rng(2)
+    pairs = [(255 / 399, 255 * 1 / 399 * 1024 - 0.5), (-0.6390977, 218.3), (3.0e38, -1.0), (-2.5e38, 7.0),
+             (1e-7, 0.1), (0.25, -4000.0)] + [(rng.uniform(-4, 4), rng.uniform(-2e4, 2e4)) for _ in range(40)]
+    for a, b in pairs:
+        a, b = np.float32(a), np.float32(b)
+        out = np.zeros(domain.size, np.uint8)
+        assert _affine.window_u8(domain, a, b, out) is True
+        with np.errstate(over="ignore"):
+            assert np.array_equal(out, _numpy_affine(domain, a, b, monkeypatch)), (a, b)
+            assert np.array_equal(_apply_affine(domain, a, b), out)
+
+
+def test_the_one_pass_window_declines_what_it_does_not_cover():
+    _affine = pytest.importorskip("shared.pixels._affine", reason="the one-pass window was not built here")
+    from shared.pixels.render import _apply_affine
+
+    a, b = np.float32(0.5), np.float32(-3.0)
+    img = np.arange(64, dtype=np.int16).reshape(8, 8)
+    out = np.full(32, 7, np.uint8)
+    for declined in (img[:, ::2], img.astype(np.uint8), img.astype(">i2"), img.astype(np.int32)):
+        assert _affine.window_u8(declined, a, b, out[: declined.size]) is False and (out == 7).all()
+        assert np.array_equal(_apply_affine(declined, a, b),
+                              np.clip(declined.astype(np.float32) * a + b, 0, 255).astype(np.uint8))
+    with pytest.raises(BufferError, match="not writable"):
+        _affine.window_u8(img, a, b, bytes(64))
+
+
 @pytest.mark.parametrize("function", [VoiFunction.LINEAR, VoiFunction.LINEAR_EXACT])
 @pytest.mark.parametrize("center,width", WINDOWS)
 def test_linear_form_is_the_window_multiplied_out(function, center, width):

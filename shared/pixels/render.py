@@ -3,7 +3,8 @@
 Integer images up to 16 bits go through one lookup table built over every possible stored value,
 so a slice costs one ``np.take`` (half the time of ``table[index]``, same values); the table is
 cached across slices that share their parameters. A linear window whose table a float32
-multiply-add reproduces for every stored value is applied that way instead (a third faster).
+multiply-add reproduces for every stored value is applied that way instead (a third faster),
+in one pass by ``_affine`` (shared/pixels/_affine.c) where it was built: a third of numpy's time.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from ..errors import InvalidDicomError, UnsupportedError
 from ..attributes import value_of
 from .modality import apply_modality_lut, has_modality_lut, rescale_of
 from .voi import Window, apply_window, linear_form, select_window, window_from_histogram
+
+try:
+    from . import _affine
+except ImportError:  # not built (no compiler at install): numpy's route, the same values
+    _affine = None
 
 
 def stored_domain(dtype: np.dtype) -> np.ndarray:
@@ -61,6 +67,10 @@ def _affine_coefficients(slope: float, intercept: float, window: Window, invert:
 
 
 def _apply_affine(arr: np.ndarray, a: np.float32, b: np.float32) -> np.ndarray:
+    if _affine is not None:  # the same operations in one pass, for C-contiguous 16-bit input
+        out = np.empty(arr.shape, np.uint8)
+        if _affine.window_u8(arr, a, b, out):
+            return out
     with np.errstate(over="ignore"):  # an extreme rescale overflows to ±inf, which clips as the table does
         out = np.multiply(arr, a, dtype=np.float32)
         np.add(out, b, out=out)
