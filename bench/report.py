@@ -22,7 +22,41 @@ def machine() -> dict:
 
     return {"nproc": usable_cores(), "cpu": model, "kernel": platform.release(),
             "python": sys.version.split()[0], "numpy": numpy.__version__,
-            "opencv": cv2.__version__, "pydicom": pydicom.__version__}
+            "opencv": cv2.__version__, "pydicom": pydicom.__version__, "sha256": sha256_speed()}
+
+
+def sha256_speed(messages: int = 16, size: int = 512 * 1024) -> dict:
+    """How fast this CPU hashes CT-sized messages, in GB/s (best of 3): OpenSSL one at a time, and
+    the way the chain hashes a group (`shared.digest`: lanes, or OpenSSL where ``lanes`` is 1).
+    The chain hashes every source and output, the floor only its outputs: the beat-the-floor
+    ratio moves with this figure from one host to another."""
+    import hashlib
+    import os
+    import time
+
+    from shared.digest import lanes, sha256_many
+
+    data = [os.urandom(size) for _ in range(messages)]
+
+    def rate(fn) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - started)
+        return round(messages * size / best / 1e9, 2)
+
+    return {"lanes": lanes(), "openssl_gbps": rate(lambda: [hashlib.sha256(d).digest() for d in data]),
+            "chain_gbps": rate(lambda: sha256_many(data))}
+
+
+def machine_line(m: dict) -> str:
+    """The machine in one line, for the terminal and docs/benchmarks.md."""
+    sha = m.get("sha256") or {}
+    hashing = (f", SHA-256 {sha['openssl_gbps']} GB/s (OpenSSL), {sha['chain_gbps']} GB/s as the chain hashes"
+               f" ({sha['lanes']} lane{'s' if sha['lanes'] != 1 else ''})") if sha else ""
+    return (f"{m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, numpy {m['numpy']}, "
+            f"OpenCV {m['opencv']}, pydicom {m['pydicom']}{hashing}")
 
 
 def summarise(name: str, samples: list, slices: int) -> dict:
@@ -241,8 +275,7 @@ def markdown(results: dict) -> str:
     """The tables of docs/benchmarks.md, from a results.json (written beside it as results.md)."""
     m, p = results["machine"], results["parameters"]
     lines = [f"{p['slices']} slices of {p['size']}×{p['size']}, median of {p['runs']} run(s), N = {p['workers']}. "
-             f"Machine: {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
-             f"numpy {m['numpy']}, OpenCV {m['opencv']}, pydicom {m['pydicom']}.", "",
+             f"Machine: {machine_line(m)}.", "",
              "| contender | " + " | ".join(h for h, _, _, _ in COLUMNS) + " |",
              "|---|---|" + "---:|" * (len(COLUMNS) - 1)]
     for name, cells in _lines(results["contenders"], results.get("skipped", {})):

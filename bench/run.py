@@ -270,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         results["profile"] = str(dest) if error is None else f"failed: {error}"
     save()
     m = results["machine"]
-    print(f"\n{a.slices} slices {a.size}², median of {a.runs} run(s); {m['nproc']} cores ({m['cpu']}), "
-          f"Python {m['python']}, numpy {m['numpy']}, OpenCV {m['opencv']}")
+    print(f"\n{a.slices} slices {a.size}², median of {a.runs} run(s); {report.machine_line(m)}")
     print(report.table(rows, skipped))
     print()
     print(report.targets_table(checks))

@@ -215,7 +215,10 @@ def test_bench_run_end_to_end(tmp_path, capsys):
         assert row["ok"] and row["slices_per_s"] > 0 and row["peak_rss_mb"] > 10
         assert row["x_floor_wall"] == pytest.approx(row["wall_s"] / rows["floor png"]["wall_s"], abs=1e-3)
     assert results["machine"]["nproc"] >= 1 and results["parameters"]["slices"] == 3
-    assert "convert png w1" in capsys.readouterr().out
+    sha = results["machine"]["sha256"]  # how fast this host hashes: the chain's lanes or OpenSSL
+    assert sha["lanes"] in (1, 8, 16) and sha["openssl_gbps"] > 0 and sha["chain_gbps"] > 0
+    printed = capsys.readouterr().out
+    assert "convert png w1" in printed and f"as the chain hashes ({sha['lanes']} lane" in printed
     assert 0 < results["startup_s"] < 30  # a one-slice run: the fixed cost of every run
     assert 0 < results["floor_startup_s"] < 30
     assert 0 < results["pool_startup_s"] < 30  # the same with a pool of two
