@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from .attributes import value_of
 from .dataset import decode_pixels, read_dataset
-from .digest import lanes, sha256_many
+from . import digest
 from . import deid as deidentification  # light: the step itself loads on first use
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
@@ -179,11 +179,6 @@ def convert_chunk(tasks: list[dict]) -> list[dict]:
     return [_settle(one.record, one.writes) for one in started]
 
 
-#: Bytes of sources a group holds at most (besides its count, `digest.lanes`): CT slices are
-#: ~0.5 MB, so 16 of them; one large multi-frame instance makes a group of its own.
-GROUP_BYTES = 32 << 20
-
-
 @dataclass
 class Fetched:
     """One source as read: its bytes and SHA-256, or why it could not be read."""
@@ -196,11 +191,11 @@ class Fetched:
 
 def fetch_groups(tasks: list[dict]) -> Iterator[list[tuple[dict, Fetched]]]:
     """The tasks with their sources read and hashed, in groups of up to `digest.lanes` tasks and
-    `GROUP_BYTES` (one task a group where hashlib hashes one message at a time anyway).
+    `digest.BATCH_BYTES` (one task a group where hashlib hashes one message at a time anyway).
 
     A transient storage fault propagates (the series is retried); any other failure to read is
     that instance's, recorded when it starts."""
-    width = lanes()
+    width = digest.lanes()
     group: list[tuple[dict, Fetched]] = []
     held = 0
     for i, task in enumerate(tasks):
@@ -215,7 +210,7 @@ def fetch_groups(tasks: list[dict]) -> Iterator[list[tuple[dict, Fetched]]]:
             source.error = err
         source.seconds = time.perf_counter() - started
         group.append((task, source))
-        if len(group) == width or held >= GROUP_BYTES or i == len(tasks) - 1:
+        if len(group) == width or held >= digest.BATCH_BYTES or i == len(tasks) - 1:
             _hash_sources([s for _, s in group])
             yield group
             group, held = [], 0
@@ -225,8 +220,8 @@ def _hash_sources(sources: list[Fetched]) -> None:
     """Each read source's SHA-256, computed together; the time shared out as fetch time."""
     read = [s for s in sources if s.data is not None]
     started = time.perf_counter()
-    for source, digest in zip(read, sha256_many([s.data for s in read])):
-        source.sha256 = digest
+    for source, hexdigest in zip(read, digest.sha256_many([s.data for s in read])):
+        source.sha256 = hexdigest
     share = (time.perf_counter() - started) / max(1, len(read))
     for source in read:
         source.seconds += share
@@ -246,10 +241,10 @@ def _hash_outputs(group: list[_Started]) -> None:
     """The SHA-256 of every output of a group, computed together and counted as verify time."""
     entries = [(one, entry, data) for one in group for entry, data in one.unhashed]
     started = time.perf_counter()
-    digests = sha256_many([data for _, _, data in entries])
+    digests = digest.sha256_many([data for _, _, data in entries])
     share = (time.perf_counter() - started) / max(1, len(entries))
-    for (one, entry, _), digest in zip(entries, digests):
-        entry["sha256"] = digest
+    for (one, entry, _), hexdigest in zip(entries, digests):
+        entry["sha256"] = hexdigest
         stages = one.record["stages"]
         stages["verify"] = round(stages.get("verify", 0.0) + share, 6)
         one.record["seconds"] = round(one.record["seconds"] + share, 4)

@@ -20,6 +20,10 @@ MIN_PASS = {16: 3, 8: 4}
 #: A message this much longer than the median would keep the other lanes idle at the end.
 OUTLIER = 2
 
+#: Bytes a caller holds at most to hash them together (the chain's groups of sources, submit's
+#: fingerprints): 16 CT slices are 8 MiB; one large multi-frame instance is hashed on its own.
+BATCH_BYTES = 32 << 20
+
 Buffer = bytes | bytearray | memoryview
 
 

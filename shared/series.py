@@ -16,9 +16,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .dataset import decode_pixels, read_dataset, read_header
-from .digest import sha256
 from .deid import deidentify
 from .deid.burned_in import mask_regions
+from .digest import sha256
 from .errors import Transient, VerificationError, failure
 from .metadata import embedded_fields, tiff_tags
 from .options import ConvertOptions, Format

@@ -430,40 +430,41 @@ def read_source(ref: str) -> bytes:
         raise StorageError(f"cannot read source: {err.strerror}") from err
 
 
-#: Bytes of local sources `source_fingerprints` holds at once to hash them together; a larger
-#: file is hashed as it is read instead.
-FINGERPRINT_BYTES = 32 << 20
-
-
 def source_fingerprints(refs: Iterable[str]) -> list[str]:
     """A content fingerprint per source, for job ids: the S3 ETag, or the SHA-256 of a local file
-    (files read a group at a time and hashed together: `digest.sha256_many`)."""
-    from .digest import sha256_many
+    (files read a group of up to `digest.BATCH_BYTES` at a time and hashed together; a larger
+    file hashed as it is read)."""
+    from . import digest
 
     out: list[str] = []
-    held: list[tuple[int, bytes]] = []
+    held: list[tuple[int, bytes]] = []  # (index in out, the file's bytes), hashed by `flush`
 
     def flush() -> None:
-        for (i, _), digest in zip(held, sha256_many([data for _, data in held])):
-            out[i] = "sha256:" + digest
+        for (i, _), hexdigest in zip(held, digest.sha256_many([data for _, data in held])):
+            out[i] = "sha256:" + hexdigest
         held.clear()
 
+    held_bytes = 0
     for ref in refs:
         tag = _LISTED.get(ref, (None, None))[1]
         if tag is None and is_s3(ref):
             bucket, name = split_s3(ref)
             tag = _s3_call("stat", "source", s3_client().stat_object, bucket, name).etag.strip('"')
         out.append(tag or "")
-        if tag is None:
-            try:
-                if os.path.getsize(ref) > FINGERPRINT_BYTES:
-                    out[-1] = "sha256:" + _hash_file(ref)
-                    continue
-            except OSError as err:
-                raise StorageError(f"cannot read source: {err.strerror}") from err
-            held.append((len(out) - 1, read_source(ref)))
-            if sum(len(data) for _, data in held) >= FINGERPRINT_BYTES:
-                flush()
+        if tag is not None:
+            continue
+        try:
+            large = os.path.getsize(ref) > digest.BATCH_BYTES
+        except OSError as err:
+            raise StorageError(f"cannot read source: {err.strerror}") from err
+        if large:
+            out[-1] = "sha256:" + _hash_file(ref)
+            continue
+        held.append((len(out) - 1, read_source(ref)))
+        held_bytes += len(held[-1][1])
+        if held_bytes >= digest.BATCH_BYTES:
+            flush()
+            held_bytes = 0
     flush()
     return out
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared import chain, digest
+from shared import digest
 from shared.chain import chunked, convert_chunk, fetch_groups, instance_task
 from shared.options import ConvertOptions
 from tests.synthetic import write_series
@@ -94,7 +94,7 @@ def series(tmp_path_factory):
 
 @pytest.mark.parametrize("width", [1, *KERNELS])
 def test_chain_records_hash_sources_and_outputs_in_groups(series, tmp_path, monkeypatch, width):
-    monkeypatch.setattr(chain, "lanes", lambda: width)
+    monkeypatch.setattr(digest, "lanes", lambda: width)
     opts = ConvertOptions(formats=("png", "tiff"), deid=False).to_json()
     tasks = [instance_task(str(p), i, "s", str(tmp_path), opts) for i, p in enumerate(series, start=1)]
     tasks.insert(5, tasks.pop())  # the bad file in the middle of the first group
@@ -114,12 +114,12 @@ def test_chain_records_hash_sources_and_outputs_in_groups(series, tmp_path, monk
 
 def test_groups_hold_at_most_the_lanes_and_the_bytes(series, monkeypatch):
     tasks = [instance_task(str(p), i, "s", "/nowhere", {}) for i, p in enumerate(series, start=1)]
-    monkeypatch.setattr(chain, "lanes", lambda: 8)
+    monkeypatch.setattr(digest, "lanes", lambda: 8)
     assert [len(g) for g in fetch_groups(tasks)] == [8, 8, 6]
-    monkeypatch.setattr(chain, "GROUP_BYTES", max(p.stat().st_size for p in series) + 1)  # two slices cross it
+    monkeypatch.setattr(digest, "BATCH_BYTES", max(p.stat().st_size for p in series) + 1)  # two slices cross it
     assert [len(g) for g in fetch_groups(tasks)] == [2] * 11
-    monkeypatch.setattr(chain, "lanes", lambda: 1)
-    monkeypatch.setattr(chain, "GROUP_BYTES", 1 << 30)
+    monkeypatch.setattr(digest, "lanes", lambda: 1)
+    monkeypatch.setattr(digest, "BATCH_BYTES", 1 << 30)
     assert [len(g) for g in fetch_groups(tasks)] == [1] * 22
 
 
@@ -132,7 +132,7 @@ def test_fingerprints_hash_files_together_and_stream_the_large_ones(tmp_path, mo
     for i, size in enumerate([70_000] * 19 + [0, 250_000, 69_999]):
         paths.append(tmp_path / f"{i:02d}.dcm")
         paths[-1].write_bytes(rng.randbytes(size))
-    monkeypatch.setattr(store, "FINGERPRINT_BYTES", 200_000)  # flushes every three files; 250 kB streamed
+    monkeypatch.setattr(digest, "BATCH_BYTES", 200_000)  # flushes every three files; 250 kB streamed
     want = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     assert store.source_fingerprints([str(p) for p in paths]) == want
     with pytest.raises(StorageError, match="cannot read source"):
