@@ -119,6 +119,20 @@ def test_series_outcomes_retries_and_dead_letters(server):
         metrics.observe_series("exploded")
 
 
+def test_build_info_names_the_native_paths_this_node_runs(server):
+    import importlib.util
+
+    try:  # what this CPU and this install should give, from the extensions themselves
+        from shared import _sha256x
+        lanes = "1" if _sha256x.sha_ni() or not _sha256x.kernels() else str(_sha256x.kernels()[0])
+    except ImportError:
+        lanes = "1"
+    want = (lanes, "one-pass" if importlib.util.find_spec("shared.pixels._affine") else "numpy")
+    info = [labels for (name, labels), v in scrape(server).items() if name == "dicomfleet_build_info" and v == 1]
+    assert [(dict(lb)["sha256_lanes"], dict(lb)["window"]) for lb in info] == [want]
+    assert dict(info[0])["sha256_lanes"] in {"1", "8", "16"}
+
+
 def test_label_values_come_from_closed_sets():
     assert metrics.reason_code("not_dicom") == "not_dicom"
     assert metrics.reason_code("SMITH^JOHN refused") == "other"

@@ -200,9 +200,17 @@ class QueueCollector:
 
 
 class BuildInfo:
+    """The version, and which native paths this node runs: ``sha256_lanes`` 16 or 8 where sources
+    and outputs are hashed in SIMD lanes, 1 where OpenSSL hashes one at a time (SHA extensions,
+    or the extension not built); ``window`` "one-pass" or "numpy" (`render.WINDOW_ROUTE`)."""
+
     def collect(self) -> Iterable:
-        info = GaugeMetricFamily("dicomfleet_build_info", "The running dicomfleet version", labels=["version"])
-        info.add_metric([__version__], 1)
+        from shared.digest import lanes
+        from shared.pixels.render import WINDOW_ROUTE
+
+        info = GaugeMetricFamily("dicomfleet_build_info", "The running dicomfleet version and native paths",
+                                 labels=["version", "sha256_lanes", "window"])
+        info.add_metric([__version__, str(lanes()), WINDOW_ROUTE], 1)
         yield info
 
 

@@ -25,6 +25,9 @@ try:
 except ImportError:  # not built (no compiler at install): numpy's route, the same values
     _affine = None
 
+#: How a linear window is applied here: "one-pass" (shared/pixels/_affine.c) or "numpy"
+WINDOW_ROUTE = "numpy" if _affine is None else "one-pass"
+
 
 def stored_domain(dtype: np.dtype) -> np.ndarray:
     """Every value an integer dtype of ≤16 bits can hold, in the order of its unsigned view."""
