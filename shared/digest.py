@@ -52,9 +52,9 @@ def batched(messages: Sequence[Buffer], width: int) -> tuple[list[int], list[int
     if width <= 1 or len(messages) < MIN_PASS.get(width, width):
         return [], list(range(len(messages)))
     order = sorted(range(len(messages)), key=lambda i: len(messages[i]), reverse=True)
-    median = len(messages[order[len(order) // 2]])
-    simd = [i for i in order if len(messages[i]) <= OUTLIER * max(median, 64)]
-    alone = [i for i in order if len(messages[i]) > OUTLIER * max(median, 64)]
+    longest = OUTLIER * max(len(messages[order[len(order) // 2]]), 64)  # the median's, a block at least
+    simd = [i for i in order if len(messages[i]) <= longest]
+    alone = [i for i in order if len(messages[i]) > longest]
     rest = len(simd) % width
     if rest and rest < MIN_PASS[width]:
         alone += simd[-rest:]

@@ -54,7 +54,8 @@ def test_bad_arguments_are_refused_by_name():
         sha256x.digests([b"x", "not bytes"])
     with pytest.raises(TypeError, match="sequence"):
         sha256x.digests(42)
-    assert sha256x.digests([]) == [] if sha256x.kernels() else True
+    if sha256x.kernels():
+        assert sha256x.digests([]) == []
 
 
 @pytest.mark.parametrize("width", [1, *KERNELS])

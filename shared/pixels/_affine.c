@@ -22,7 +22,7 @@
 #define CLONES
 #endif
 
-#define BODY(T)                                              \
+#define BODY                                                   \
     for (Py_ssize_t i = 0; i < n; i++) {                     \
         float v = (float)x[i] * a;                           \
         v = v + b;                                           \
@@ -32,11 +32,11 @@
     }
 
 CLONES static void from_i16(const int16_t *restrict x, uint8_t *restrict out, Py_ssize_t n, float a, float b) {
-    BODY(int16_t)
+    BODY
 }
 
 CLONES static void from_u16(const uint16_t *restrict x, uint8_t *restrict out, Py_ssize_t n, float a, float b) {
-    BODY(uint16_t)
+    BODY
 }
 
 static PyObject *window_u8(PyObject *self, PyObject *args) {
