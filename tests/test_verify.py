@@ -1,10 +1,23 @@
 """shared/verify.ssim: the mean SSIM of Wang et al. (2004) as an all-float64 evaluation of the
-formula gives it, to 1e-6, on CT renderings at several JPEG qualities and on noise."""
+formula gives it, to 1e-12, on CT renderings at several JPEG qualities, noise, flat areas and
+images smaller than the window, by both routes (shared/_ssim.c where it was built, OpenCV's blurs
+and numpy otherwise)."""
 from __future__ import annotations
+
+import pickle
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from shared import verify
 
 from shared.dataset import decode_pixels, read_dataset
 from shared.encode import encode_jpeg
@@ -34,18 +47,91 @@ def renderings(tmp_path_factory) -> list[np.ndarray]:
             for ds in (read_dataset(p.read_bytes()) for p in paths)]
 
 
-def test_ssim_is_the_formula_in_float64_to_a_millionth(renderings):
+def _noisy(img: np.ndarray, rng: np.random.Generator, spread: int = 40) -> np.ndarray:
+    return np.clip(img.astype(int) + rng.integers(-spread, spread + 1, img.shape), 0, 255).astype(np.uint8)
+
+
+def _pairs(renderings: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """CT renderings against their JPEGs; noise against noisier and inverted; flat pairs; the
+    edge cases of the reflected border: images narrower or shorter than the window, down to one
+    pixel; colour (three channels, and a reversed-channel view as decode() returns)."""
     rng = np.random.default_rng(3)
     pairs = [(img, decode("jpeg", encode_jpeg(img, quality))) for img in renderings for quality in (95, 50, 5)]
     noise = rng.integers(0, 256, (128, 160), dtype=np.uint8)
-    pairs += [(noise, np.clip(noise.astype(int) + rng.integers(-40, 41, noise.shape), 0, 255).astype(np.uint8)),
-              (noise, 255 - noise), (np.zeros((64, 64), np.uint8), np.full((64, 64), 255, np.uint8))]
+    pairs += [(noise, _noisy(noise, rng)), (noise, 255 - noise)]
+    # flat areas: the variances are small differences of large moments there
+    pairs += [(np.full((64, 64), u, np.uint8), np.full((64, 64), v, np.uint8))
+              for u, v in [(0, 255), (250, 251), (200, 180), (255, 255)]]
+    for shape in [(1, 1), (1, 7), (3, 5), (5, 3), (11, 11), (12, 7), (100, 37), (20, 30, 3), (7, 9, 4)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        pairs += [(img, _noisy(img, rng)), (img, 255 - img)]
+    colour = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    pairs.append((colour[..., ::-1], _noisy(colour, rng)[..., ::-1]))
+    return pairs
+
+
+@pytest.mark.parametrize("route", ["ssim", "_ssim_opencv"])
+def test_ssim_is_the_formula_in_float64_to_a_millionth(renderings, route):
+    score = getattr(verify, route)
     scores = []
-    for a, b in pairs:
-        ours = ssim(b, a)
-        assert abs(ours - reference_ssim(b, a)) < 1e-6
+    for a, b in _pairs(renderings):
+        ours = score(b, a)
+        assert abs(ours - reference_ssim(b, a)) < 1e-12, (route, a.shape, a.flat[0], b.flat[0])
         scores.append(ours)
-    assert min(scores) < 0.1 and max(scores) > 0.99  # from unrelated to near-identical
+    assert min(scores) < -0.9 and max(scores) > 0.99  # from inverted to near-identical
+
+
+def test_the_one_pass_ssim_takes_8_bit_images_and_declines_the_rest(renderings):
+    _ssim = pytest.importorskip("shared._ssim", reason="the one-pass SSIM was not built here")
+    assert verify.SSIM_ROUTE == "one-pass"
+    img = renderings[0]
+    assert _ssim.mean_ssim(img, img) == 1.0
+    for a, b in [(img.astype(np.int16), img), (img, img[:-1]), (img[0], img[0]), (img[:, ::2], img[:, ::2]),
+                 (img[None, None], img[None, None]), (img.tobytes(), img.tobytes())]:
+        assert _ssim.mean_ssim(a, b) is None  # not uint8, unequal, 1-D, strided, 4-D, no shape
+    # declined input still gets its score, by OpenCV's route
+    wide = img.astype(np.uint16)
+    assert verify.ssim(wide, wide) == pytest.approx(1.0, abs=1e-12)
+
+
+def _levels_this_cpu_runs() -> list[str]:
+    """The x86-64 instruction-set levels shared/_ssim.c dispatches among that this CPU runs."""
+    if platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists():
+        return []
+    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+    need = {"x86-64": set(), "x86-64-v3": {"avx2", "fma", "bmi2", "movbe"},
+            "x86-64-v4": {"avx2", "fma", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}}
+    return [level for level, wanted in need.items() if wanted <= flags]
+
+
+@pytest.mark.skipif(not shutil.which("gcc") or len(_levels_this_cpu_runs()) < 2,
+                    reason="needs gcc and an x86-64 CPU that runs two levels or more")
+def test_the_one_pass_ssim_gives_the_same_bits_with_every_instruction_set(tmp_path, renderings):
+    """shared/_ssim.c built for each instruction-set level it dispatches among at load that this
+    CPU runs (x86-64; x86-64-v3: AVX2 and FMA; x86-64-v4: AVX-512) scores every pair to the same
+    bits, so a manifest's SSIM does not depend on the node's CPU."""
+    source = Path(verify.__file__).with_name("_ssim.c")
+    include = sysconfig.get_paths()["include"]
+    pairs = pickle.dumps([(a.tobytes(), b.tobytes(), a.shape) for a, b in _pairs(renderings)])
+    # run in the variant's directory (first on sys.path for -c) and with -S: no site, so no
+    # editable install's finder puts the project's own build first
+    code = ("import pickle, sys; from shared import _ssim; print(_ssim.__file__); "
+            "print([_ssim.mean_ssim(memoryview(a).cast('B', s), memoryview(b).cast('B', s)).hex() "
+            "for a, b, s in pickle.load(sys.stdin.buffer)])")
+    scores = {}
+    for level in _levels_this_cpu_runs():
+        package = tmp_path / level / "shared"
+        package.mkdir(parents=True)
+        (package / "__init__.py").touch()
+        lib = package / ("_ssim" + sysconfig.get_config_var("EXT_SUFFIX"))
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O3", "-ffp-contract=off", f"-march={level}", "-DCLONES=",
+                        f"-I{include}", str(source), "-o", str(lib)], check=True)
+        out = subprocess.run([sys.executable, "-S", "-c", code], input=pairs, capture_output=True, check=True,
+                             cwd=package.parent, env={}).stdout.decode().splitlines()
+        assert out[0] == str(lib)
+        scores[level] = out[1]
+    assert len(set(scores.values())) == 1, scores
+    assert len(eval(scores["x86-64"])) == len(_pairs(renderings))
 
 
 def test_identical_images_score_one_and_shapes_must_match(renderings):
