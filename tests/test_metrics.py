@@ -127,9 +127,10 @@ def test_build_info_names_the_native_paths_this_node_runs(server):
         lanes = "1" if _sha256x.sha_ni() or not _sha256x.kernels() else str(_sha256x.kernels()[0])
     except ImportError:
         lanes = "1"
-    want = (lanes, "one-pass" if importlib.util.find_spec("shared.pixels._affine") else "numpy")
+    want = (lanes, "one-pass" if importlib.util.find_spec("shared.pixels._affine") else "numpy",
+            "one-pass" if importlib.util.find_spec("shared._ssim") else "opencv")
     info = [labels for (name, labels), v in scrape(server).items() if name == "dicomfleet_build_info" and v == 1]
-    assert [(dict(lb)["sha256_lanes"], dict(lb)["window"]) for lb in info] == [want]
+    assert [(dict(lb)["sha256_lanes"], dict(lb)["window"], dict(lb)["ssim"]) for lb in info] == [want]
     assert dict(info[0])["sha256_lanes"] in {"1", "8", "16"}
 
 

@@ -202,15 +202,17 @@ class QueueCollector:
 class BuildInfo:
     """The version, and which native paths this node runs: ``sha256_lanes`` 16 or 8 where sources
     and outputs are hashed in SIMD lanes, 1 where OpenSSL hashes one at a time (SHA extensions,
-    or the extension not built); ``window`` "one-pass" or "numpy" (`render.WINDOW_ROUTE`)."""
+    or the extension not built); ``window`` "one-pass" or "numpy" (`render.WINDOW_ROUTE`); ``ssim``
+    "one-pass" or "opencv" (`verify.SSIM_ROUTE`: the JPEG check, ~4× slower without its extension)."""
 
     def collect(self) -> Iterable:
         from shared.digest import lanes
         from shared.pixels.render import WINDOW_ROUTE
+        from shared.verify import SSIM_ROUTE
 
         info = GaugeMetricFamily("dicomfleet_build_info", "The running dicomfleet version and native paths",
-                                 labels=["version", "sha256_lanes", "window"])
-        info.add_metric([__version__, str(lanes()), WINDOW_ROUTE], 1)
+                                 labels=["version", "sha256_lanes", "window", "ssim"])
+        info.add_metric([__version__, str(lanes()), WINDOW_ROUTE, SSIM_ROUTE], 1)
         yield info
 
 
