@@ -316,13 +316,20 @@ def test_the_one_pass_window_equals_numpys_for_every_value(dtype, monkeypatch):
     rng = np.random.default_rng(2)
     pairs = [(255 / 399, 255 * 1 / 399 * 1024 - 0.5), (-0.6390977, 218.3), (3.0e38, -1.0), (-2.5e38, 7.0),
              (1e-7, 0.1), (0.25, -4000.0)] + [(rng.uniform(-4, 4), rng.uniform(-2e4, 2e4)) for _ in range(40)]
+    odd = domain[3:-10]  # a length no vector step divides: the one-at-a-time tail runs too
     for a, b in pairs:
         a, b = np.float32(a), np.float32(b)
-        out = np.zeros(domain.size, np.uint8)
-        assert _affine.window_u8(domain, a, b, out) is True
         with np.errstate(over="ignore"):
-            assert np.array_equal(out, _numpy_affine(domain, a, b, monkeypatch)), (a, b)
-            assert np.array_equal(_apply_affine(domain, a, b), out)
+            want = _numpy_affine(domain, a, b, monkeypatch)
+        for simd in (True, False):  # AVX2 16 at a time where the CPU has it; one at a time
+            out = np.zeros(domain.size, np.uint8)
+            assert _affine.window_u8(domain, a, b, out, simd) is True
+            assert np.array_equal(out, want), (a, b, simd)
+            part = np.zeros(odd.size, np.uint8)
+            assert _affine.window_u8(odd, a, b, part, simd) is True
+            assert np.array_equal(part, want[3:-10]), (a, b, simd)
+        with np.errstate(over="ignore"):
+            assert np.array_equal(_apply_affine(domain, a, b), want)
 
 
 def test_the_one_pass_window_declines_what_it_does_not_cover():
