@@ -128,18 +128,19 @@ def check_png(buf: bytes, img: np.ndarray) -> str | None:
         return "no PNG signature"
     pos, kinds, idat = len(SIGNATURE), [], []
     ihdr = b""
+    view = memoryview(buf)  # chunk payloads as views: the IDAT's bytes are not copied to be checked
     while pos + 12 <= len(buf):
         (length,) = struct.unpack_from(">I", buf, pos)
         end = pos + 12 + length
         if end > len(buf):
             return f"chunk at byte {pos} runs past the end of the file"
-        kind, payload = buf[pos + 4:pos + 8], buf[pos + 8:pos + 8 + length]
+        kind, payload = buf[pos + 4:pos + 8], view[pos + 8:pos + 8 + length]
         (crc,) = struct.unpack_from(">I", buf, end - 4)
         if deflate.crc32(payload, deflate.crc32(kind)) != crc:  # libdeflate's: not the writer's
             return f"{kind.decode('latin-1')} chunk CRC mismatch"
         kinds.append(kind)
         if kind == b"IHDR":
-            ihdr = payload
+            ihdr = bytes(payload)
         elif kind == b"IDAT":
             idat.append(payload)
         pos = end
@@ -154,7 +155,7 @@ def check_png(buf: bytes, img: np.ndarray) -> str | None:
         return f"IHDR {ihdr.hex()} does not describe a {img.dtype} array of shape {img.shape}"
     want_rows = filtered_rows(img)
     try:
-        rows = deflate.zlib_decompress(b"".join(idat), want_rows.nbytes)
+        rows = deflate.zlib_decompress(idat[0] if len(idat) == 1 else b"".join(idat), want_rows.nbytes)
     except deflate.DeflateError as err:  # corrupt, failed Adler-32, or longer than the image
         return f"IDAT does not inflate to {want_rows.nbytes} bytes ({err})"
     if len(rows) != want_rows.nbytes:

@@ -199,6 +199,25 @@ def test_check_png_refuses_streams_of_the_wrong_length_or_checksum():
     assert png.check_png(_with_idat(good, bytes(stream)), img).startswith("IDAT does not inflate")
 
 
+def test_check_png_reads_the_stream_across_idat_chunks_and_needs_one():
+    """libpng and others split the stream over several IDATs (8 kB each); they are one stream.
+    Without any IDAT there is nothing to inflate."""
+    img = CASES["grey8 noise"]
+    good = png.encode_png(img)
+    pos = good.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", good[pos:pos + 4])
+    stream = good[pos + 8:pos + 8 + length]
+    pieces = [stream[i:i + 100] for i in range(0, len(stream), 100)]
+    assert len(pieces) > 2
+    split = good[:pos] + b"".join(png.chunk(b"IDAT", p) for p in pieces) + good[pos + 12 + length:]
+    assert png.check_png(split, img) is None
+    swapped = good[:pos] + b"".join(png.chunk(b"IDAT", p) for p in [pieces[1], pieces[0], *pieces[2:]]) + \
+        good[pos + 12 + length:]
+    assert png.check_png(swapped, img).startswith("IDAT does not inflate")
+    none = good[:pos] + good[pos + 12 + length:]
+    assert png.check_png(none, img).startswith("IDAT does not inflate")
+
+
 def test_verify_lossless_refuses_a_png_that_does_not_hold_the_pixels():
     from shared.errors import VerificationError
     from shared.verify import verify_lossless
