@@ -11,7 +11,7 @@ from .runtime import opencv
 
 try:
     from . import _ssim
-except ImportError:  # not built (no compiler at install): OpenCV's blurs and numpy, the same score to 1e-6
+except ImportError:  # not built (no compiler at install): OpenCV's blurs and numpy, the same score to 1e-12
     _ssim = None
 
 #: How `ssim` runs here: "one-pass" (shared/_ssim.c) or "opencv"

@@ -61,14 +61,6 @@ __attribute__((target("avx2"))) static void avx2_u16(const uint16_t *restrict x,
     AVX2_LOOP(_mm256_cvtepu16_epi32)
 }
 
-static int has_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-}
-#else
-#define avx2_i16 from_i16
-#define avx2_u16 from_u16
-static int has_avx2(void) { return 0; }
 #endif
 
 static void from_i16(const int16_t *restrict x, uint8_t *restrict out, Py_ssize_t n, float a, float b) {
@@ -81,7 +73,9 @@ static void from_u16(const uint16_t *restrict x, uint8_t *restrict out, Py_ssize
     BODY
 }
 
-static int avx2; /* set at import */
+/* The loops window_u8 runs: AVX2 where the CPU has it (chosen at import), else one at a time. */
+static void (*fast_i16)(const int16_t *restrict, uint8_t *restrict, Py_ssize_t, float, float) = from_i16;
+static void (*fast_u16)(const uint16_t *restrict, uint8_t *restrict, Py_ssize_t, float, float) = from_u16;
 
 static PyObject *window_u8(PyObject *self, PyObject *args) {
     PyObject *src_obj, *out_obj;
@@ -104,14 +98,8 @@ static PyObject *window_u8(PyObject *self, PyObject *args) {
     int done = (i16 || u16) && src.itemsize == 2 && out.len == n;
     if (done) {
         Py_BEGIN_ALLOW_THREADS
-        if (avx2 && simd) {
-            if (i16) avx2_i16(src.buf, out.buf, n, a, b);
-            else avx2_u16(src.buf, out.buf, n, a, b);
-        } else if (i16) {
-            from_i16(src.buf, out.buf, n, a, b);
-        } else {
-            from_u16(src.buf, out.buf, n, a, b);
-        }
+        if (i16) (simd ? fast_i16 : from_i16)(src.buf, out.buf, n, a, b);
+        else (simd ? fast_u16 : from_u16)(src.buf, out.buf, n, a, b);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&src);
@@ -130,6 +118,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "shared.pix
                                     .m_size = -1, .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__affine(void) {
-    avx2 = has_avx2();
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        fast_i16 = avx2_i16;
+        fast_u16 = avx2_u16;
+    }
+#endif
     return PyModule_Create(&module);
 }
