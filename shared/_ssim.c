@@ -27,7 +27,7 @@
 #include <string.h>
 
 #if defined(CLONES) /* set on the command line: one instruction set only (to compare them) */
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 /* the level names */
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
