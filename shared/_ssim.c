@@ -89,7 +89,8 @@ static inline void along_row(const double *restrict row, const double *k, double
 }
 
 /* One output row: its moments down the columns, then along the row (the edges reflected through
- * cols[]), then the SSIM map, summed by eight fixed partial sums into sum[]. */
+ * cols[]: the items the edge positions copy, left then right), then the SSIM map, summed by
+ * eight fixed partial sums into sum[]. */
 CLONES static void ssim_row(const uint8_t *const *ra, const uint8_t *const *rb, const double *k,
                             const Py_ssize_t *cols, Py_ssize_t n, Py_ssize_t c, double *pad, double *blur,
                             double sum[8]) {
@@ -100,7 +101,7 @@ CLONES static void ssim_row(const uint8_t *const *ra, const uint8_t *const *rb, 
         double *row = pad + m * padded;
         for (Py_ssize_t i = 0; i < edge; i++) {
             row[i] = row[edge + cols[i]];
-            row[edge + n + i] = row[edge + cols[edge + n + i]];
+            row[edge + n + i] = row[edge + cols[edge + i]];
         }
         along_row(row + edge, k, blur + m * n, n, c);
     }
@@ -136,7 +137,7 @@ static int ssim_rows(const uint8_t *a, const uint8_t *b, Py_ssize_t h, Py_ssize_
     Py_ssize_t n = w * c, edge = RADIUS * c, padded = n + 2 * edge;
     double k[RADIUS + 1];
     gaussian(k);
-    Py_ssize_t *cols = PyMem_RawMalloc(sizeof(Py_ssize_t) * padded);
+    Py_ssize_t *cols = PyMem_RawMalloc(sizeof(Py_ssize_t) * 2 * edge);
     double *pad = PyMem_RawMalloc(sizeof(double) * MOMENTS * padded);
     double *blur = PyMem_RawMalloc(sizeof(double) * (MOMENTS + 1) * n);
     if (!cols || !pad || !blur) {
@@ -145,8 +146,11 @@ static int ssim_rows(const uint8_t *a, const uint8_t *b, Py_ssize_t h, Py_ssize_
         PyMem_RawFree(blur);
         return 0;
     }
-    /* the item each padded position copies: its own for the row itself, reflected at the edges */
-    for (Py_ssize_t i = 0; i < padded; i++) cols[i] = reflect(i / c - RADIUS, w) * c + i % c;
+    /* the item each edge position copies, reflected: the RADIUS*c before the row, then after it */
+    for (Py_ssize_t i = 0; i < edge; i++) {
+        cols[i] = reflect(i / c - RADIUS, w) * c + i % c;
+        cols[edge + i] = reflect(w + i / c, w) * c + i % c;
+    }
     double sum[8] = {0};
     for (Py_ssize_t r = 0; r < h; r++) {
         const uint8_t *ra[TAPS], *rb[TAPS];
