@@ -1,23 +1,24 @@
-"""A small PNG writer: Sub-filtered rows, deflated by zlib-ng run-length, in plain chunks with CRCs.
+"""A small PNG writer: Sub-filtered rows, run-length deflated, in plain chunks with CRCs.
 
 Why our own: deflate is most of a slice's cost. libpng through OpenCV at zlib level 1 takes about
 2.8 ms for a 512×512 8-bit slice and 11 ms for a 16-bit one. Sub-filtered CT rows are runs (air,
-flat regions) and noise; LZ77 beyond the previous byte buys almost nothing on them, so zlib-ng's
-run-length strategy (``Z_RLE``: matches at distance 1 only, then Huffman codes) writes them in
-0.35 ms and 2.2 ms, at 47 kB against libpng's 52 kB, and 266 kB against 266 kB. The file is an
-ordinary PNG (IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the same pixels
-(tests/test_png.py).
+flat regions) and noise; LZ77 beyond the previous byte buys almost nothing on them, so a
+run-length stream (matches at distance 1 only, then dynamic Huffman codes) writes them at 47 kB
+against libpng's 52 kB, and 266 kB against 266 kB. ``shared/_deflate.c`` writes that stream in
+one pass (0.2 ms and 0.9 ms a slice); where it was not built, zlib-ng's run-length strategy
+(``Z_RLE``, 0.35 ms and 2.7 ms) writes the same kind of stream. The file is an ordinary PNG
+(IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the same pixels (tests/test_png.py).
 
 Outputs must be byte-identical wherever they are made (a redelivered job rewrites the same bytes;
-fleet and local runs agree). Run-length deflate has no hash table and no heuristics: its matches
-are the runs in the data, its blocks end when its symbol buffer is full, its Huffman trees are built
-by scalar code; the CPU-specific code paths zlib-ng picks at run time compute the same run lengths
-and checksums. So the stream depends only on the zlib-ng version (pinned in pyproject.toml) and the
-input; tests/test_png.py pins the bytes. Two encoders were turned down for this: ISA-L, faster
-still, whose output changed between processes on the same pixels (its hash differs by CPU code
-path, intel/isa-l#73), and zlib-ng's own levels, whose match finder hashes differently by CPU.
-libdeflate (level 1: 0.86 ms and 2.2 ms) wrote PNGs here before; it now only inflates them to
-verify (``check_png``), a second implementation reading what the first wrote.
+fleet and local runs agree). ``_deflate.c`` is integer code whose stream depends on the input bytes
+only, on every CPU; zlib-ng's run-length deflate has no hash table and its CPU-specific paths
+compute the same runs, so its stream depends only on the zlib-ng version (pinned in
+pyproject.toml). The two write different bytes of the same pixels: `DEFLATE_ROUTE` says which runs
+here, and the image builds the extension (docker/Dockerfile), so a fleet writes one. tests/test_png.py
+pins both. Two encoders were turned down: ISA-L, whose output changed between processes on the same
+pixels (its hash differs by CPU code path, intel/isa-l#73), and zlib-ng's own levels, whose match
+finder hashes differently by CPU. libdeflate only inflates the files to verify them (``check_png``),
+a second implementation reading what the first wrote.
 """
 from __future__ import annotations
 
@@ -27,8 +28,16 @@ import deflate
 import numpy as np
 from zlib_ng import zlib_ng
 
+try:
+    from ._deflate import rle_deflate
+except ImportError:  # built without a C compiler: zlib-ng's run-length strategy
+    rle_deflate = None
+
+#: How PNG rows are deflated here: "one-pass" (shared/_deflate.c) or "zlib-ng" (its Z_RLE)
+DEFLATE_ROUTE = "zlib-ng" if rle_deflate is None else "one-pass"
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: zlib-ng: level 1 (any level > 0 runs the same run-length search), the full window and memory
+#: zlib-ng, where `_deflate` was not built: level 1 (any level > 0 runs the same run-length search), the full window and memory
 #: level 9, whose larger symbol buffer makes fewer, cheaper blocks (0.35 vs 0.39 ms a slice).
 LEVEL, WINDOW_BITS, MEMORY_LEVEL = 1, 15, 9
 _COLOUR_TYPE = {1: 0, 3: 2}  # samples per pixel → PNG colour type (grey, truecolour)
@@ -84,9 +93,15 @@ def filtered_rows(img: np.ndarray) -> np.ndarray:
     return out
 
 
+#: The zlib header (RFC 1950) of `_deflate`'s streams: deflate, 32 KiB window, "fastest"
+_ZLIB_HEADER = b"\x78\x01"
+
+
 def _deflate(rows: np.ndarray) -> list[bytes]:
     """A zlib stream (RFC 1950) of ``rows`` in pieces: run-length matches, Huffman coded,
     Adler-32 checked. Pieces, so that the file is joined once (a 16-bit slice's stream is 266 kB)."""
+    if rle_deflate is not None:
+        return [_ZLIB_HEADER, rle_deflate(rows), struct.pack(">I", zlib_ng.adler32(rows))]
     deflater = zlib_ng.compressobj(LEVEL, zlib_ng.DEFLATED, WINDOW_BITS, MEMORY_LEVEL, zlib_ng.Z_RLE)
     return [deflater.compress(rows), deflater.flush()]
 

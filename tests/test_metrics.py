@@ -128,9 +128,10 @@ def test_build_info_names_the_native_paths_this_node_runs(server):
     except ImportError:
         lanes = "1"
     want = (lanes, "one-pass" if importlib.util.find_spec("shared.pixels._affine") else "numpy",
-            "one-pass" if importlib.util.find_spec("shared._ssim") else "opencv")
+            "one-pass" if importlib.util.find_spec("shared._ssim") else "opencv",
+            "one-pass" if importlib.util.find_spec("shared._deflate") else "zlib-ng")
     info = [labels for (name, labels), v in scrape(server).items() if name == "dicomfleet_build_info" and v == 1]
-    assert [(dict(lb)["sha256_lanes"], dict(lb)["window"], dict(lb)["ssim"]) for lb in info] == [want]
+    assert [tuple(dict(lb)[k] for k in ("sha256_lanes", "window", "ssim", "deflate")) for lb in info] == [want]
     assert dict(info[0])["sha256_lanes"] in {"1", "8", "16"}
 
 

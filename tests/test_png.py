@@ -83,8 +83,18 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["one-pass", "zlib-ng"])
+def route(request, monkeypatch):
+    """Each deflate route png.py can take: shared/_deflate.c, or zlib-ng where it was not built."""
+    if request.param == "zlib-ng":
+        monkeypatch.setattr(png, "rle_deflate", None)
+    elif png.rle_deflate is None:
+        pytest.skip("shared/_deflate.c was not built")
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_independent_readers_decode_the_same_pixels(name):
+def test_independent_readers_decode_the_same_pixels(name, route):
     img = CASES[name]
     buf = png.encode_png(img, {"Software": "test", "dicomfleet:offset": "32768"})
     readers = [_reference_decode, _opencv]
@@ -119,7 +129,7 @@ def test_unencodable_arrays_are_refused(img):
         png.encode_png(img)
 
 
-def test_ct_slice_size_close_to_libpng(tmp_path):
+def test_ct_slice_size_close_to_libpng(tmp_path, route):
     """On a real-size CT slice the file stays within 10% of libpng's at zlib level 1 (8 and 16 bit)."""
     import pydicom
 
@@ -134,7 +144,7 @@ def test_ct_slice_size_close_to_libpng(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("pngfix") is None, reason="libpng's pngfix (libpng-tools) not installed")
-def test_libpng_pngfix_accepts_the_file(tmp_path):
+def test_libpng_pngfix_accepts_the_file(tmp_path, route):
     path = tmp_path / "x.png"
     path.write_bytes(encode_output_png(CASES["rgb8 noise"], {"dicomfleet:offset": "0"}))
     done = subprocess.run(["pngfix", str(path)], capture_output=True, text=True)
@@ -263,17 +273,27 @@ def test_same_pixels_give_the_same_bytes_in_every_process():
     assert fresh == {here}
 
 
-def test_the_pinned_encoder_writes_the_bytes_it_wrote_when_it_was_chosen():
-    """The PNG bytes of a fixed image, pinned: the run-length stream depends only on the zlib-ng
-    version (pyproject.toml pins it), not on the CPU or the process. A new zlib-ng, or a machine
-    whose code path found different runs, fails here before a fleet writes two versions of a file."""
+@pytest.mark.parametrize("route, u8_digest, u16_digest", [
+    ("one-pass", "95ed48e6d58e37fcdf8ec1fccc74e2319fbd818f58558d40ee226d22cb8d67e4",
+     "246aef2c84281ffe665d56d49a6a61cf91f0042e7a1b0e793c14022287ed009e"),
+    ("zlib-ng", "4e5b9525a0d059c45b36f3fa820a870657b2736ecc026afd83a04b0d1150b292",
+     "4ab8116836e25ae16264f0b8fee4dd6b7bc4614d07887e6736b7a28a737e1f70"),
+])
+def test_the_pinned_encoder_writes_the_bytes_it_wrote_when_it_was_chosen(route, u8_digest, u16_digest,
+                                                                          monkeypatch):
+    """The PNG bytes of a fixed image, pinned for each deflate route: shared/_deflate.c's stream
+    depends on the input only; zlib-ng's run-length stream on its version (pyproject.toml pins it),
+    not on the CPU or the process. A change of either, or a machine whose code path found different
+    runs, fails here before a fleet writes two versions of a file."""
     import hashlib
 
+    if route == "zlib-ng":
+        monkeypatch.setattr(png, "rle_deflate", None)
+    elif png.rle_deflate is None:
+        pytest.skip("shared/_deflate.c was not built")
     yy, xx = np.mgrid[0:512, 0:512].astype(np.int64)
     u16 = (((xx * 7919 + yy * 104729) ^ (xx * yy)) % 4096).astype(np.uint16)
     u16[100:300, 50:400] = 0  # a run of air, as CT slices have
     u8 = (u16 >> 4).astype(np.uint8)
-    assert hashlib.sha256(png.encode_png(u8)).hexdigest() == (
-        "4e5b9525a0d059c45b36f3fa820a870657b2736ecc026afd83a04b0d1150b292")
-    assert hashlib.sha256(png.encode_png(u16)).hexdigest() == (
-        "4ab8116836e25ae16264f0b8fee4dd6b7bc4614d07887e6736b7a28a737e1f70")
+    assert hashlib.sha256(png.encode_png(u8)).hexdigest() == u8_digest
+    assert hashlib.sha256(png.encode_png(u16)).hexdigest() == u16_digest

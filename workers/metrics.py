@@ -203,16 +203,19 @@ class BuildInfo:
     """The version, and which native paths this node runs: ``sha256_lanes`` 16 or 8 where sources
     and outputs are hashed in SIMD lanes, 1 where OpenSSL hashes one at a time (SHA extensions,
     or the extension not built); ``window`` "one-pass" or "numpy" (`render.WINDOW_ROUTE`); ``ssim``
-    "one-pass" or "opencv" (`verify.SSIM_ROUTE`: the JPEG check, ~4× slower without its extension)."""
+    "one-pass" or "opencv" (`verify.SSIM_ROUTE`: the JPEG check, ~4× slower without its extension);
+    ``deflate`` "one-pass" or "zlib-ng" (`png.DEFLATE_ROUTE`: PNG's deflate, ~3× slower for 16-bit
+    without its extension, and other bytes of the same pixels: a fleet should run one)."""
 
     def collect(self) -> Iterable:
         from shared.digest import lanes
+        from shared.png import DEFLATE_ROUTE
         from shared.pixels.render import WINDOW_ROUTE
         from shared.verify import SSIM_ROUTE
 
         info = GaugeMetricFamily("dicomfleet_build_info", "The running dicomfleet version and native paths",
-                                 labels=["version", "sha256_lanes", "window", "ssim"])
-        info.add_metric([__version__, str(lanes()), WINDOW_ROUTE, SSIM_ROUTE], 1)
+                                 labels=["version", "sha256_lanes", "window", "ssim", "deflate"])
+        info.add_metric([__version__, str(lanes()), WINDOW_ROUTE, SSIM_ROUTE, DEFLATE_ROUTE], 1)
         yield info
 
 
