@@ -155,17 +155,37 @@ def test_png_route_wraps_the_stream_in_zlibs_header_and_adler32():
     assert png.DEFLATE_ROUTE == "one-pass"
 
 
-@pytest.mark.skipif(not shutil.which("gcc") or _deflate.SCAN != "sse2", reason="needs gcc and an SSE2 build")
-def test_the_bytewise_scan_writes_the_same_bytes_as_sixteen_at_a_time(tmp_path):
-    """Built without SSE2 (as on ARM), runs are found byte by byte; the streams are the same bytes,
-    so a node's CPU family does not change its files."""
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return set(text.split("flags", 1)[1].split("\n", 1)[0].split()) if "flags" in text else set()
+
+
+#: Builds a node may run: without SSE2 (as on ARM: runs found byte by byte), plain x86-64, and
+#: x86-64-v3 (the BMI2 clone), each compiled alone
+VARIANTS = {
+    "bytewise": (["-U__SSE2__", "-DCLONES="], set()),
+    "x86-64": (["-march=x86-64", "-DCLONES="], set()),
+    "x86-64-v3": (["-march=x86-64-v3", "-DCLONES="], {"avx2", "bmi2", "fma", "movbe"}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_build_writes_the_same_bytes(variant, tmp_path):
+    """shared/_deflate.c built for each path a node may take writes the same bytes as this
+    install's, so a node's CPU family does not change its files."""
+    flags, needs = VARIANTS[variant]
+    if not shutil.which("gcc") or not Path("/proc/cpuinfo").exists() or "sse2" not in _cpu_flags():
+        pytest.skip("needs gcc on an x86-64 CPU")
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
     source = Path(png.__file__).with_name("_deflate.c")
     lib = tmp_path / ("_deflate" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O3", "-U__SSE2__", f"-I{sysconfig.get_paths()['include']}",
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O3", *flags, f"-I{sysconfig.get_paths()['include']}",
                     str(source), "-o", str(lib)], check=True)
     spec = importlib.util.spec_from_file_location("shared._deflate", lib)
-    bytewise = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bytewise)
-    assert bytewise.SCAN == "bytewise"
+    built = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(built)
+    assert built.SCAN == ("bytewise" if variant == "bytewise" else "sse2")
     for name, data in INPUTS.items():
-        assert bytewise.rle_deflate(data) == _deflate.rle_deflate(data), name
+        assert built.rle_deflate(data) == _deflate.rle_deflate(data), name
