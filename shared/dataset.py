@@ -200,6 +200,32 @@ _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
 
+#: Float Pixel Data, Double Float Pixel Data, Pixel Data: setting one resets pydicom's pixel cache
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+def put_element(ds: Dataset, elem: DataElement | RawDataElement) -> None:
+    """``ds[elem.tag] = elem``, for the elements de-identification puts in place of the parsed ones
+    (~20 an instance) and the text it converts. For a public tag other than pixel data and a value
+    that is not a sequence, pydicom's ``__setitem__`` comes down to storing the element in the
+    dataset's dict after checks for private tags, pixel data and sequences: done directly, at a
+    fifth of its cost (tests/test_deid_profile.py reads every such element back through pydicom)."""
+    if elem.tag >> 16 & 1 or elem.tag in _PIXEL_TAGS or elem.VR == "SQ":
+        ds[elem.tag] = elem  # pydicom's own bookkeeping applies
+    else:
+        ds._dict[elem.tag] = elem
+
+
+def drop_element(ds: Dataset, tag: int) -> None:
+    """``del ds[tag]``, directly for a public tag other than pixel data (pydicom's ``__delitem__``
+    then only converts the tag and deletes it; its other steps are for private creators and the
+    pixel cache)."""
+    if tag >> 16 & 1 or tag in _PIXEL_TAGS:
+        del ds[tag]
+    else:
+        del ds._dict[tag]
+
+
 def text_element(ds: Dataset, tag: int, *, store: bool = True) -> DataElement:
     """``ds[tag]``; a still-raw element of a text or UID VR converted by `_from_raw` with the
     dataset's character set (de-identification reads a few names and UIDs of every instance),
@@ -212,7 +238,7 @@ def text_element(ds: Dataset, tag: int, *, store: bool = True) -> DataElement:
         return ds[tag]
     elem = _from_raw(raw, raw.VR, encoding)
     if store:
-        ds[tag] = elem
+        put_element(ds, elem)
     return elem
 
 

@@ -137,3 +137,32 @@ def test_a_file_corrupted_in_its_header_reads_as_dcmread_reads_it(files, name):
         taken += 1
         _same(plain, _dcmread(data))
     assert taken > 150
+
+
+def test_put_and_drop_element_leave_what_pydicoms_setitem_and_delitem_leave():
+    """`put_element` and `drop_element` store and delete directly only where pydicom's own
+    methods have nothing else to do (public tags, not pixel data, not sequences); the rest goes
+    through pydicom, whose bookkeeping then holds: a private element knows its creator, a
+    replaced pixel data decodes anew, a dropped private creator's block is forgotten."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.sequence import Sequence
+    from shared.dataset import drop_element, put_element
+
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.private_block(0x0071, "ACME", create=True).add_new(0x01, "LO", "private")
+    before = ds.pixel_array.copy()
+    name = RawDataElement(pydicom.tag.Tag(0x00100010), "PN", 4, b"AB^C", 0, False, True, True, False)
+    put_element(ds, name)
+    assert ds.get_item(0x00100010) is name and str(ds.PatientName) == "AB^C"
+    put_element(ds, DataElement(0x00711001, "LO", "replaced"))  # pydicom's path: its creator is known
+    assert ds[0x00711001].private_creator == "ACME" and ds[0x00711001].value == "replaced"
+    put_element(ds, DataElement(0x7FE00010, "OW", (ds.pixel_array * 0 + 7).tobytes()))
+    assert (ds.pixel_array == 7).all() and before.any()  # the cached array went with the old data
+    put_element(ds, DataElement(0x00120064, "SQ", Sequence([pydicom.Dataset()])))
+    assert len(ds.DeidentificationMethodCodeSequence) == 1
+    drop_element(ds, 0x00100010)
+    block = ds.private_block(0x0071, "ACME")
+    drop_element(ds, 0x00710010)  # the private creator: pydicom forgets its block
+    assert 0x00100010 not in ds and 0x00710010 not in ds and block.block_start == 0x1000
+    with pytest.raises(KeyError):
+        ds.private_block(0x0071, "ACME")

@@ -19,7 +19,7 @@ from pydicom.uid import UID as UIDValue
 from pydicom.uid import UID_dictionary
 from pydicom.valuerep import PersonName
 
-from ..dataset import text_element
+from ..dataset import drop_element, put_element, text_element
 from .profile import CLEAN, DUMMY, EMPTY, KEEP, REMOVE, SAFE_PRIVATE, SHIFT, UID
 from .pseudonyms import Pseudonymizer, shift_date, shift_datetime
 
@@ -156,7 +156,7 @@ def walk(ds: Dataset, ctx: Context) -> None:
             else:
                 drop.append(tag)
     for tag in drop:
-        del ds[tag]
+        drop_element(ds, tag)
 
 
 #: VRs whose raw element may convert to a sequence or a UID (or whose VR is not known yet)
@@ -207,7 +207,7 @@ def _replaced_raw(ds: Dataset, raw: RawDataElement, table: dict[int, str], ctx: 
         return False
     if raw.value is None or not raw.value.strip(b" \0"):
         return True  # empty once converted: walk leaves it
-    ds[raw.tag] = _raw_text(raw, "" if action == EMPTY else _DUMMY_CONSTANTS[raw.VR], b" ")
+    put_element(ds, _raw_text(raw, "" if action == EMPTY else _DUMMY_CONSTANTS[raw.VR], b" "))
     return True
 
 
@@ -229,7 +229,7 @@ def _pseudonymised_raw(ds: Dataset, raw: RawDataElement, ctx: Context) -> bool:
             ("raw-text", raw.VR, raw.value, tuple(encoding) if isinstance(encoding, list) else encoding),
             lambda: _text_pseudonym(ds, tag, ctx))
     if new is not None:
-        ds[raw.tag] = _raw_text(raw, new, b" ")
+        put_element(ds, _raw_text(raw, new, b" "))
     return True
 
 
@@ -278,7 +278,7 @@ def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx:
         return True  # empty once converted: walk leaves it
     mapped = [fn(UIDValue(v)) for v in items]
     if mapped != items:  # well-known UIDs (SOP classes, transfer syntaxes) stay as they are
-        ds[raw.tag] = _raw_text(raw, "\\".join(mapped), b"\0")
+        put_element(ds, _raw_text(raw, "\\".join(mapped), b"\0"))
     return True
 
 

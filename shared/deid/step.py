@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 
 from .. import __version__
 from ..attributes import value_of
-from ..dataset import text_value
+from ..dataset import put_element, text_value
 from ..errors import BurnedInAnnotationError
 from ..options import ConvertOptions
 from .actions import META_REMOVE, Context, clean_elements, replace_uid, walk
@@ -94,7 +94,7 @@ def deidentify(ds: Dataset, opts: ConvertOptions, pseudo: Pseudonymizer | None =
 def _stamp(ds: Dataset, options: tuple[str, ...], *, masked: bool) -> None:
     """Record the profile and options in the dataset (PS3.3 C.7.1.1 Patient Identity Removed)."""
     for elem in _stamp_elements(options, masked):
-        ds.add(elem)
+        put_element(ds, elem)
 
 
 @lru_cache(maxsize=32)
