@@ -15,7 +15,6 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import UID as UIDValue
 from pydicom.uid import UID_dictionary
 from pydicom.valuerep import PersonName
 
@@ -276,7 +275,7 @@ def _replaced_raw_uid(ds: Dataset, raw: RawDataElement, action: str | None, ctx:
     items = (raw.value or b"").decode("iso8859").rstrip(" \x00").split("\\")
     if len(items) == 1 and not items[0]:
         return True  # empty once converted: walk leaves it
-    mapped = [fn(UIDValue(v)) for v in items]
+    mapped = [fn(v.strip()) for v in items]  # stripped as UID(v) does (its validation aside: replaced)
     if mapped != items:  # well-known UIDs (SOP classes, transfer syntaxes) stay as they are
         put_element(ds, _raw_text(raw, "\\".join(mapped), b"\0"))
     return True
