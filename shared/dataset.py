@@ -209,7 +209,7 @@ def put_element(ds: Dataset, elem: DataElement | RawDataElement) -> None:
     (~20 an instance) and the text it converts. For a public tag other than pixel data and a value
     that is not a sequence, pydicom's ``__setitem__`` comes down to storing the element in the
     dataset's dict after checks for private tags, pixel data and sequences: done directly, at a
-    fifth of its cost (tests/test_deid_profile.py reads every such element back through pydicom)."""
+    fifth of its cost (tests/test_dataset_plain.py holds the split to pydicom's own results)."""
     if elem.tag >> 16 & 1 or elem.tag in _PIXEL_TAGS or elem.VR == "SQ":
         ds[elem.tag] = elem  # pydicom's own bookkeeping applies
     else:

@@ -5,8 +5,8 @@ Why our own: deflate is most of a slice's cost. libpng through OpenCV at zlib le
 flat regions) and noise; LZ77 beyond the previous byte buys almost nothing on them, so a
 run-length stream (matches at distance 1 only, then dynamic Huffman codes) writes them at 47 kB
 against libpng's 52 kB, and 266 kB against 266 kB. ``shared/_deflate.c`` writes that stream in
-one pass (0.2 ms and 0.9 ms a slice); where it was not built, zlib-ng's run-length strategy
-(``Z_RLE``, 0.35 ms and 2.7 ms) writes the same kind of stream. The file is an ordinary PNG
+one pass (0.17 ms and 0.74 ms a slice here); where it was not built, zlib-ng's run-length
+strategy (``Z_RLE``, 0.5 ms and 2.7 ms) writes the same kind of stream. The file is an ordinary PNG
 (IHDR, tEXt, one IDAT, IEND), which Pillow and libpng decode to the same pixels (tests/test_png.py).
 
 Outputs must be byte-identical wherever they are made (a redelivered job rewrites the same bytes;
@@ -37,8 +37,9 @@ except ImportError:  # built without a C compiler: zlib-ng's run-length strategy
 DEFLATE_ROUTE = "zlib-ng" if rle_deflate is None else "one-pass"
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: zlib-ng, where `_deflate` was not built: level 1 (any level > 0 runs the same run-length search), the full window and memory
-#: level 9, whose larger symbol buffer makes fewer, cheaper blocks (0.35 vs 0.39 ms a slice).
+#: zlib-ng, where `_deflate` was not built: level 1 (any level > 0 runs the same run-length
+#: search), the full window and memory level 9, whose larger symbol buffer makes fewer, cheaper
+#: blocks (0.35 vs 0.39 ms a slice).
 LEVEL, WINDOW_BITS, MEMORY_LEVEL = 1, 15, 9
 _COLOUR_TYPE = {1: 0, 3: 2}  # samples per pixel → PNG colour type (grey, truecolour)
 _SUB = 1  # PNG filter type 1: each byte minus the byte one pixel to its left
