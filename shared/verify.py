@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 
@@ -45,16 +46,79 @@ def decode(fmt: str, buf: bytes) -> np.ndarray:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+#: TIFF field types (TIFF 6.0, section 2) this check reads: SHORT and LONG, little-endian
+_TIFF_INTS = {3: "<H", 4: "<I"}
+#: SampleFormat (339): unsigned and signed integers, by numpy's kind
+_SAMPLE_FORMAT = {"u": 1, "i": 2}
+
+
+def _tiff_fields(buf: bytes) -> dict[int, tuple[int, ...]] | None:
+    """The integer fields of a classic little-endian TIFF's only IFD, by tag; None for any other
+    layout (big-endian, BigTIFF, several pages, an IFD outside the file)."""
+    if len(buf) < 8 or buf[:4] != b"II*\0":
+        return None
+    (ifd,) = struct.unpack_from("<I", buf, 4)
+    if ifd + 2 > len(buf):
+        return None
+    (count,) = struct.unpack_from("<H", buf, ifd)
+    end = ifd + 2 + 12 * count
+    if end + 4 > len(buf) or struct.unpack_from("<I", buf, end)[0] != 0:  # one page only
+        return None
+    fields = {}
+    for pos in range(ifd + 2, end, 12):
+        tag, kind, n = struct.unpack_from("<HHI", buf, pos)
+        fmt = _TIFF_INTS.get(kind)
+        if fmt is None:
+            continue  # text and rationals (Software, resolution): not the pixels' business
+        size = struct.calcsize(fmt) * n
+        at = pos + 8 if size <= 4 else struct.unpack_from("<I", buf, pos + 8)[0]
+        if at + size > len(buf):
+            return None
+        fields[tag] = struct.unpack_from(f"<{n}{fmt[1]}", buf, at)
+    return fields
+
+
+def tiff_holds(buf: bytes, expected: np.ndarray) -> bool:
+    """True when ``buf`` is a single-page, one-sample, uncompressed little-endian TIFF whose strips
+    hold exactly ``expected``'s values: its fields read as a decoder reads them (dimensions, bits,
+    sample format, compression, photometric, planar layout) and its strips compared byte for byte
+    with the array, in ~40 µs against tifffile's ~230 µs decode. False when anything differs or the
+    layout is another (colour, pages, BigTIFF): `verify_lossless` then decodes it with tifffile."""
+    if expected.ndim != 2 or expected.dtype.kind not in _SAMPLE_FORMAT or expected.dtype.byteorder == ">":
+        return False
+    fields = _tiff_fields(buf)
+    if fields is None:
+        return False
+    height, width = expected.shape
+    want = {256: (width,), 257: (height,), 258: (8 * expected.dtype.itemsize,), 259: (1,), 277: (1,),
+            284: (1,), 339: (_SAMPLE_FORMAT[expected.dtype.kind],)}
+    defaults = {277: (1,), 284: (1,), 339: (1,)}  # samples, planar layout, sample format (TIFF 6.0)
+    if any(fields.get(tag, defaults.get(tag)) != value for tag, value in want.items()):
+        return False
+    if fields.get(262) != (1,) or 273 not in fields or 279 not in fields:
+        return False  # BlackIsZero: grey samples as stored (a reader inverts WhiteIsZero)
+    offsets, counts = fields[273], fields[279]
+    start, total = offsets[0], sum(counts)
+    if len(offsets) != len(counts) or total != expected.nbytes or start + total > len(buf) or any(
+            offsets[k] + counts[k] != offsets[k + 1] for k in range(len(offsets) - 1)):
+        return False  # strips one after another, exactly the array's bytes
+    stored = np.frombuffer(buf, expected.dtype.newbyteorder("<"), expected.size, start)
+    return bool(np.array_equal(stored, expected.reshape(-1)))
+
+
 def verify_lossless(fmt: str, buf: bytes, expected: np.ndarray) -> str:
     """Decode and compare exactly; raise VerificationError on any difference.
 
     PNG is checked by ``png.check_png`` (chunks, CRCs, IHDR, IDAT inflated to exactly the filtered
-    rows): the same proof as a full decode at a fifth of its cost.
+    rows): the same proof as a full decode at a fifth of its cost. A one-page grey TIFF by
+    `tiff_holds` (its fields and strips read directly), anything else TIFF by tifffile's decode.
     """
     if fmt in ("png", "png16"):
         problem = png.check_png(buf, expected)
         if problem:
             raise VerificationError(f"{fmt} output does not decode back to the values written ({problem})")
+        return "lossless"
+    if fmt == "tiff" and tiff_holds(buf, expected):
         return "lossless"
     got = decode(fmt, buf)
     if got.shape != expected.shape or got.dtype != expected.dtype or not np.array_equal(got, expected):

@@ -4,6 +4,7 @@ images smaller than the window, by both routes (shared/_ssim.c where it was buil
 and numpy otherwise)."""
 from __future__ import annotations
 
+import io
 import pickle
 import platform
 import re
@@ -22,7 +23,8 @@ from shared import verify
 from shared.dataset import decode_pixels, read_dataset
 from shared.encode import encode_jpeg
 from shared.pixels.render import render_8bit
-from shared.verify import decode, ssim
+from shared.errors import VerificationError
+from shared.verify import decode, ssim, verify_lossless
 
 from .synthetic import write_series
 
@@ -138,3 +140,64 @@ def test_identical_images_score_one_and_shapes_must_match(renderings):
     assert round(ssim(renderings[0], renderings[0]), 6) == 1.0
     with pytest.raises(ValueError, match="equal shapes"):
         ssim(renderings[0], renderings[0][:-1])
+
+
+def _tiff(arr: np.ndarray, **kwargs) -> bytes:
+    from shared.encode import encode_tiff
+
+    return encode_tiff(arr, rgb=arr.ndim == 3 and arr.shape[-1] == 3, **kwargs)
+
+
+TIFF_CASES = {
+    "uint16 CT": (np.random.default_rng(1).integers(0, 4096, (512, 512))).astype(np.uint16),
+    "int16 signed": np.random.default_rng(2).integers(-2048, 2048, (33, 17)).astype(np.int16),
+    "uint8": np.random.default_rng(3).integers(0, 256, (5, 300)).astype(np.uint8),
+    "int32": np.random.default_rng(4).integers(-(1 << 30), 1 << 30, (9, 7)).astype(np.int32),
+    "one pixel": np.array([[7]], dtype=np.uint16),
+    "a transposed view": np.random.default_rng(5).integers(0, 4096, (40, 60)).astype(np.uint16).T,
+}
+
+
+@pytest.mark.parametrize("name", list(TIFF_CASES))
+def test_tiff_holds_what_tifffile_reads_and_nothing_else(name):
+    """The direct TIFF check agrees with tifffile's decode on our single-page grey outputs: it
+    proves them, and any changed value, dimension, type or layout fails it (the decode decides)."""
+    import tifffile
+
+    from shared.verify import tiff_holds
+
+    img = TIFF_CASES[name]
+    buf = _tiff(img)
+    assert np.array_equal(tifffile.imread(io.BytesIO(buf)), img) and tiff_holds(buf, img)
+    assert verify_lossless("tiff", buf, img) == "lossless"
+    changed = img.copy()
+    changed.flat[-1] ^= 1
+    assert not tiff_holds(buf, changed)
+    with pytest.raises(VerificationError, match="tiff output does not decode back"):
+        verify_lossless("tiff", buf, changed)
+    assert not tiff_holds(buf, img.astype(np.int64 if img.dtype.kind == "i" else np.float32))
+    if img.size > 1:
+        assert not tiff_holds(buf, img.reshape(1, -1))
+    if img.itemsize > 1:  # the same values, held big-endian: declined, then decoded equal
+        assert not tiff_holds(buf, img.astype(img.dtype.newbyteorder(">")))
+    assert not tiff_holds(buf[:-1], img)  # a strip cut short
+    flipped = bytearray(buf)
+    flipped[len(buf) - 1] ^= 0xFF  # the last pixel's high byte, in the file
+    assert not tiff_holds(bytes(flipped), img)
+
+
+def test_tiff_layouts_the_direct_check_does_not_read_go_to_tifffile():
+    """Colour, several pages, big-endian: `tiff_holds` declines, tifffile's decode verifies."""
+    import tifffile
+
+    from shared.verify import tiff_holds
+
+    rgb = np.random.default_rng(6).integers(0, 256, (8, 9, 3)).astype(np.uint8)
+    pages = np.random.default_rng(7).integers(0, 4096, (3, 8, 9)).astype(np.uint16)
+    for img, buf in ((rgb, _tiff(rgb)), (pages, _tiff(pages))):
+        assert not tiff_holds(buf, img) and verify_lossless("tiff", buf, img) == "lossless"
+    out = io.BytesIO()
+    tifffile.imwrite(out, pages[0], byteorder=">")
+    assert not tiff_holds(out.getvalue(), pages[0]) and verify_lossless("tiff", out.getvalue(), pages[0]) == "lossless"
+    with pytest.raises(VerificationError):
+        verify_lossless("tiff", out.getvalue(), pages[1])
