@@ -417,14 +417,71 @@ static PyObject *rle_deflate(PyObject *self, PyObject *arg)
     return result;
 }
 
+/* PNG's Sub filter (filter type 1) of one row of big-endian sample bytes: each byte minus the
+ * byte one pixel (bpp bytes) to its left, modulo 256, after the filter-type byte. */
+static void sub_row(const uint8_t *row, size_t n, size_t bpp, uint8_t *out)
+{
+    out[0] = 1;
+    for (size_t j = 0; j < bpp && j < n; j++) out[1 + j] = row[j];
+    for (size_t j = bpp; j < n; j++) out[1 + j] = (uint8_t)(row[j] - row[j - bpp]);
+}
+
+CLONES static void sub_filter_rows(const uint8_t *src, size_t height, size_t row_bytes, size_t bpp,
+                                   int swap16, uint8_t *dst, uint8_t *be)
+{
+    for (size_t r = 0; r < height; r++) {
+        const uint8_t *row = src + r * row_bytes;
+        if (swap16) { /* native little-endian 16-bit samples to PNG's big-endian bytes */
+            for (size_t k = 0; k + 1 < row_bytes; k += 2) {
+                be[k] = row[k + 1];
+                be[k + 1] = row[k];
+            }
+            row = be;
+        }
+        sub_row(row, row_bytes, bpp, dst + r * (row_bytes + 1));
+    }
+}
+
+static PyObject *sub_filter(PyObject *self, PyObject *args)
+{
+    Py_buffer src, dst;
+    Py_ssize_t height, row_bytes, bpp;
+    int swap16;
+    if (!PyArg_ParseTuple(args, "y*w*nnnp:sub_filter", &src, &dst, &height, &row_bytes, &bpp, &swap16)) return NULL;
+    PyObject *result = NULL;
+    uint8_t *be = NULL;
+    if (height < 0 || row_bytes < 0 || bpp < 1 || bpp > 8 || (swap16 && row_bytes % 2) ||
+        src.len != height * row_bytes || dst.len != height * (row_bytes + 1)) {
+        PyErr_SetString(PyExc_ValueError, "sub_filter: buffers do not match height x row bytes");
+        goto done;
+    }
+    if (swap16 && !(be = PyMem_RawMalloc(row_bytes ? (size_t)row_bytes : 1))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sub_filter_rows(src.buf, (size_t)height, (size_t)row_bytes, (size_t)bpp, swap16, dst.buf, be);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(be);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"rle_deflate", rle_deflate, METH_O,
      "rle_deflate(data) -> bytes: the raw deflate stream (RFC 1951) of a C-contiguous buffer, "
      "literals and distance-1 runs under each block's own Huffman codes."},
+    {"sub_filter", sub_filter, METH_VARARGS,
+     "sub_filter(src, dst, height, row_bytes, bpp, swap16): PNG's Sub-filtered rows of src "
+     "(height rows of row_bytes, 16-bit samples swapped to big-endian when swap16) into dst, "
+     "height rows of a filter-type byte and row_bytes filtered bytes."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "shared._deflate",
-                                    .m_doc = "Run-length deflate of PNG rows (png.py).", .m_size = -1,
+                                    .m_doc = "PNG rows: Sub filter and run-length deflate (png.py).", .m_size = -1,
                                     .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__deflate(void)

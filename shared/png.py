@@ -29,9 +29,9 @@ import numpy as np
 from zlib_ng import zlib_ng
 
 try:
-    from ._deflate import rle_deflate
-except ImportError:  # built without a C compiler: zlib-ng's run-length strategy
-    rle_deflate = None
+    from ._deflate import rle_deflate, sub_filter
+except ImportError:  # built without a C compiler: zlib-ng's run-length strategy, numpy's filter
+    rle_deflate = sub_filter = None
 
 #: How PNG rows are deflated here: "one-pass" (shared/_deflate.c) or "zlib-ng" (its Z_RLE)
 DEFLATE_ROUTE = "zlib-ng" if rle_deflate is None else "one-pass"
@@ -84,9 +84,13 @@ def filtered_rows(img: np.ndarray) -> np.ndarray:
     flat and smooth regions become runs of small values that deflate well.
     """
     height, width, samples, depth = _layout(img)
+    bpp = samples * depth // 8
+    if sub_filter is not None and img.flags.c_contiguous:
+        out = np.empty((height, width * bpp + 1), dtype=np.uint8)  # one pass in C, swap included
+        sub_filter(img, out, height, width * bpp, bpp, depth == 16)
+        return out
     raw = img.astype(">u2", copy=False) if depth == 16 else img
     rows = np.ascontiguousarray(raw).view(np.uint8).reshape(height, -1)
-    bpp = samples * depth // 8
     out = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = _SUB
     out[:, 1:1 + bpp] = rows[:, :bpp]
