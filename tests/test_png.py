@@ -83,13 +83,19 @@ CASES = {
 }
 
 
+def _take_route(monkeypatch, function: str, extension: bool) -> None:
+    """png.py with its ``function`` from shared/_deflate.c (skipped where it was not built), or
+    without it, as an install without a compiler runs."""
+    if not extension:
+        monkeypatch.setattr(png, function, None)
+    elif getattr(png, function) is None:
+        pytest.skip("shared/_deflate.c was not built")
+
+
 @pytest.fixture(params=["one-pass", "zlib-ng"])
 def route(request, monkeypatch):
     """Each deflate route png.py can take: shared/_deflate.c, or zlib-ng where it was not built."""
-    if request.param == "zlib-ng":
-        monkeypatch.setattr(png, "rle_deflate", None)
-    elif png.rle_deflate is None:
-        pytest.skip("shared/_deflate.c was not built")
+    _take_route(monkeypatch, "rle_deflate", request.param == "one-pass")
     return request.param
 
 
@@ -118,10 +124,7 @@ def test_chunks_ihdr_text_and_crcs():
 @pytest.fixture(params=["c", "numpy"])
 def sub_route(request, monkeypatch):
     """Each way png.py Sub-filters rows: shared/_deflate.c's one pass, or numpy's."""
-    if request.param == "numpy":
-        monkeypatch.setattr(png, "sub_filter", None)
-    elif png.sub_filter is None:
-        pytest.skip("shared/_deflate.c was not built")
+    _take_route(monkeypatch, "sub_filter", request.param == "c")
     return request.param
 
 
@@ -315,10 +318,7 @@ def test_the_pinned_encoder_writes_the_bytes_it_wrote_when_it_was_chosen(route, 
     runs, fails here before a fleet writes two versions of a file."""
     import hashlib
 
-    if route == "zlib-ng":
-        monkeypatch.setattr(png, "rle_deflate", None)
-    elif png.rle_deflate is None:
-        pytest.skip("shared/_deflate.c was not built")
+    _take_route(monkeypatch, "rle_deflate", route == "one-pass")
     yy, xx = np.mgrid[0:512, 0:512].astype(np.int64)
     u16 = (((xx * 7919 + yy * 104729) ^ (xx * yy)) % 4096).astype(np.uint16)
     u16[100:300, 50:400] = 0  # a run of air, as CT slices have
