@@ -6,30 +6,75 @@ faults of the environment (storage, broker) that a retry with backoff may cure.
 from __future__ import annotations
 
 import re
+from functools import cache
 
 #: A quoted literal as Python's repr and library messages write it (``'…'``, ``"…"``, ``b'…'``),
 #: starting after a non-word character (so the apostrophe of "image's" starts none), closed or
 #: running to the end of a message that was cut short.
 _QUOTED = re.compile(r"""(?<!\w)b?(?:'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))""")
-#: escapes that only binary data produces in a repr: bytes, code points, control characters
-_BINARY = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrt])")
+#: what only binary data puts in a literal: escapes of bytes, code points and control characters
+#: as a repr writes them, or the control characters themselves as a plain quote passes them
+_BINARY = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[nrt])|[\x00-\x08\x0b-\x1f\x7f]")
 #: longest quoted value a reason may show (a UID is at most 64 characters)
 MAX_QUOTED = 66
+#: a literal of numbers: decimal and integer strings, UIDs, their multi-values (backslashes); an
+#: exponent's letter only between a digit and a digit or sign (one character at a time: linear)
+_NUMBERS = re.compile(r"(?:[0-9.+\-\\ ]|(?<=[0-9.])[eE](?=[+\-]?[0-9]))*")
+#: a literal of bytes as pydicom shows an unknown VR: ``0x53 0x5d``
+_HEX_BYTES = re.compile(r"0x[0-9a-fA-F]{2}(?: 0x[0-9a-fA-F]{2})*")
+#: a numpy dtype as messages name it: ``'<u2'``, ``'uint16'``
+_DTYPE = re.compile(r"[<>|=]?[biufcSUV][0-9]{0,2}|bool|u?int(?:8|16|32|64)|float(?:16|32|64)")
+#: Photometric Interpretation's defined terms (PS3.3 C.7.6.3.1.2): values a reason may name
+PHOTOMETRIC_TERMS = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+    "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB"})
+#: the short names decoders give the compressions they refuse (GDCM: "does not support 'JPEG
+#: Extended' for samples with 12-bit precision")
+CODEC_TERMS = frozenset({"JPEG Baseline", "JPEG Extended", "JPEG Lossless", "JPEG-LS", "JPEG 2000",
+                         "JPEG 2000 Lossless", "HTJ2K", "RLE", "RLE Lossless", "Deflate"})
 
 
-def safe_reason(text: str) -> str:
+@cache
+def _dicom_terms() -> frozenset[str]:
+    """Words a reason may quote because the standard defines them, not the file: VRs, keywords
+    and names of attributes, names of UIDs (transfer syntaxes, SOP classes), photometric terms,
+    codecs' names."""
+    from .runtime import import_pydicom_lean
+
+    import_pydicom_lean()  # where a process has not imported pydicom yet: its light way
+    from pydicom.datadict import DicomDictionary
+    from pydicom.uid import UID_dictionary
+    from pydicom.valuerep import VR
+
+    return frozenset({*(entry[2] for entry in DicomDictionary.values()),  # names
+                      *(entry[4] for entry in DicomDictionary.values()),  # keywords
+                      *(entry[0] for entry in UID_dictionary.values()),
+                      *(vr.value for vr in VR), *PHOTOMETRIC_TERMS, *CODEC_TERMS} - {""})
+
+
+def _speaks_of_the_standard(content: str) -> bool:
+    """Whether a quoted value says only numbers or the standard's own words (`_dicom_terms`):
+    then it cannot be a name, an ID or free text read from a file."""
+    return bool(_NUMBERS.fullmatch(content) or _HEX_BYTES.fullmatch(content)
+                or _DTYPE.fullmatch(content) or content.strip() in _dicom_terms())
+
+
+def safe_reason(text: str, *, strict: bool = True) -> str:
     """``text`` as one line in which no quoted value can carry a file's bytes.
 
     Libraries quote raw values in their messages: pydicom shows the bytes of an element whose
-    length is corrupt, and a corrupt length swallows its neighbours — names, IDs, dates. A quoted
-    literal that holds binary escapes or is longer than a UID is replaced by its length; short,
-    printable values (a VR, a UID, a tag's numbers) stay, since they say what is wrong."""
+    length is corrupt, and a corrupt length swallows its neighbours — names, IDs, dates — into
+    even a short, printable value (a Pixel Spacing of ``'1.0\\1.0 LO ACME'``). A quoted literal
+    is shown only if it is closed, no longer than a UID, free of binary, and (``strict``, for
+    reasons about an input) made of numbers, a UID, bytes in hex or the standard's own words
+    (`_speaks_of_the_standard`); any other is replaced by its length. Not ``strict``: every short
+    printable literal stays (a setting's reason quotes what the user typed)."""
 
     def redact(match: re.Match) -> str:
         literal = match.group(0)
-        if len(literal) <= MAX_QUOTED and not _BINARY.search(literal) and literal[-1] in "'\"":
-            return literal
-        return f"<a value of {len(literal)} characters, not shown>"
+        shown = (len(literal) <= MAX_QUOTED and literal[-1] in "'\"" and not _BINARY.search(literal)
+                 and (not strict or _speaks_of_the_standard(literal[2 if literal[0] == "b" else 1:-1])))
+        return literal if shown else f"<a value of {len(literal)} characters, not shown>"
 
     return _QUOTED.sub(redact, " ".join(str(text).split()))
 
@@ -41,8 +86,12 @@ class DicomfleetError(Exception):
     #: short, stable, low-cardinality code (used as a metrics label and in the manifest)
     code = "error"
 
+    #: whether the reason speaks of an input (its quoted values are held to `safe_reason`'s
+    #: strict rule) rather than of a setting the user gave
+    about_input = True
+
     def __str__(self) -> str:
-        return safe_reason(super().__str__())
+        return safe_reason(super().__str__(), strict=self.about_input)
 
 
 class Permanent(DicomfleetError):
@@ -101,6 +150,7 @@ class ConfigError(DicomfleetError):
     """A setting or option is invalid; raised before any work starts."""
 
     code = "config"
+    about_input = False
 
 
 class StorageError(Transient):

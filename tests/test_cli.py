@@ -241,7 +241,7 @@ def test_pydicom_test_files_through_the_command(tmp_path):
     assert any(r.startswith("(7FE0,0010) Pixel Data holds 8130 bytes") for r in reasons)
     assert any("JPEG Extended (Process 2 and 4) pixel data could not be decoded" in r for r in reasons)
     assert any("the JPEG 2000 codestream declares 1024 × 3722445056" in r for r in reasons)
-    assert any(r == "(0028,0008) NumberOfFrames has invalid value '1A'" for r in reasons)
+    assert any(r == "(0028,0008) NumberOfFrames has invalid value <a value of 4 characters, not shown>" for r in reasons)
     skipped = sum(int(m.group(1)) for m in (re.match(r"\s+skipped (\d+) file", x) for x in lines) if m)
     assert skipped == sum(1 for p in TEST_FILES.rglob("*") if p.is_file()) - 93
 

@@ -35,7 +35,7 @@ FAILS = {
     "JPEG2000-embedded-sequence-delimiter.dcm": (
         "invalid", "frame 1: the JPEG 2000 codestream declares 1024 × 3722445056 × 1 component(s) "
                    "but the header declares 1024 × 256 × 1"),
-    "badVR.dcm": ("invalid", "(0028,0008) NumberOfFrames has invalid value '1A'"),
+    "badVR.dcm": ("invalid", "(0028,0008) NumberOfFrames has invalid value <a value of 4 characters, not shown>"),
 }
 #: 32-bit integer pixels: png16 is refused with its reason, every other format is still written.
 PNG16_REFUSED = {

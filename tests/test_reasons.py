@@ -73,3 +73,59 @@ def test_reasons_for_corrupt_files_carry_no_planted_value():
     assert reasons
     leaked = [r for r in reasons if any(p in r for p in PLANTED) or "\\x" in r]
     assert leaked == []
+
+
+def _swallowing_spacing_file() -> bytes:
+    """Imager Pixel Spacing whose length runs over the private block after it, which holds a name:
+    the value then reads ``1\\1`` followed by the block's bytes, control characters and all."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for tag in [t for t in ds.keys() if 0x00181164 < t < 0x001A0000] + [0x00280030]:
+        del ds[tag]
+    ds.ImagerPixelSpacing = [1, 1]
+    ds.private_block(0x0019, "ACME 1", create=True).add_new(0x10, "LO", f"{PLANTED[0]} {PLANTED[2]}")
+    out = io.BytesIO()
+    ds.save_as(out)
+    data = bytearray(out.getvalue())
+    at = data.index(b"\x18\x00\x64\x11DS")
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    data[at + 6:at + 8] = (length + 46).to_bytes(2, "little")  # over the creator and the name
+    return bytes(data)
+
+
+def test_a_value_that_swallowed_its_neighbours_is_not_quoted():
+    """Short enough to pass a length limit, and printable but for control characters: the
+    neighbours' bytes in a reason about Imager Pixel Spacing are left out, and so is any value
+    that is not numbers or the standard's own words."""
+    ds = read_dataset(_swallowing_spacing_file())
+    assert PLANTED[0] in "\\".join(ds[0x00181164].value)  # the swallow happened
+    with pytest.raises(InvalidDicomError) as caught:
+        convert_dataset(ds, ConvertOptions(formats=("png",), deid=False))
+    raw = Exception.__str__(caught.value)
+    assert PLANTED[0] in raw  # the message as written quotes the swallowed name...
+    assert str(caught.value).startswith("(0018,1164) Imager Pixel Spacing <a value of ")
+    assert not any(p in str(caught.value) for p in PLANTED)  # ...its reason does not
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("(0028,0030) Pixel Spacing '1.0\\\\1.0\x19\x00LO ACME' is not 2 numbers",
+     "(0028,0030) Pixel Spacing <a value of 19 characters, not shown> is not 2 numbers"),
+    ("(0028,1050) Window Center 'SMITH^JO' is not a number",
+     "(0028,1050) Window Center <a value of 10 characters, not shown> is not a number"),
+    ("(0028,0030) Pixel Spacing '0.5\\\\-1e-3' must be positive",
+     "(0028,0030) Pixel Spacing '0.5\\\\-1e-3' must be positive"),
+    ("photometric 'MONOCHROME1', 'YBR_FULL_422' and VR 'OB' of 'PixelData', dtype '<u2'",
+     "photometric 'MONOCHROME1', 'YBR_FULL_422' and VR 'OB' of 'PixelData', dtype '<u2'"),
+    ("GDCM does not support 'JPEG Extended' for 12 bits, nor 'JPEG 2000 Image Compression'",
+     "GDCM does not support 'JPEG Extended' for 12 bits, nor 'JPEG 2000 Image Compression'"),
+    ("(0028,0004) Photometric Interpretation 'DOE JOHN' is not supported",
+     "(0028,0004) Photometric Interpretation <a value of 10 characters, not shown> is not supported"),
+])
+def test_strict_reasons_show_only_numbers_and_the_standards_words(text, expected):
+    assert safe_reason(text) == expected
+
+
+def test_a_settings_reason_quotes_what_the_user_typed():
+    from shared.errors import ConfigError
+
+    assert str(ConfigError("--format 'gif' is not one of png, jpeg")) == "--format 'gif' is not one of png, jpeg"
+    assert str(InvalidDicomError("(0028,0004) value 'gif'")) == "(0028,0004) value <a value of 5 characters, not shown>"
