@@ -12,7 +12,7 @@ from shared.chain import SeriesJob, convert_series
 from shared.options import ConvertOptions
 from shared.store import is_s3
 
-from .scan import Series, scan, unique_files
+from .scan import Series, path_uid, scan, unique_files
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -38,12 +38,13 @@ def pool_map(pool: ProcessPoolExecutor, processes: int) -> MapFn:
 
 
 def series_prefix(series: Series, opts: ConvertOptions) -> str:
-    """`<study>/<series>`: pseudonymous UIDs when de-identifying, the file's own otherwise."""
+    """`<study>/<series>`: pseudonymous UIDs when de-identifying, the file's own otherwise (or
+    UIDs derived from them where they are not UIDs: `path_uid`)."""
     if opts.deid:
         from shared.deid import pseudonymous_prefix  # delivered with de-identification
 
         return pseudonymous_prefix(series.study_uid, series.series_uid)
-    return f"{series.study_uid}/{series.series_uid}"
+    return f"{path_uid(series.study_uid)}/{path_uid(series.series_uid)}"
 
 
 @dataclass

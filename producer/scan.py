@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ def _derived_uid(*parts: str) -> str:
     """A stable UID for files that lack one (2.25 form), derived without exposing the parts."""
     digest = hashlib.sha256("\0".join(parts).encode()).digest()[:16]
     return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+#: a UID as PS3.5 9.1 writes it, leading zeros allowed (common in the field): digits and dots
+_UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def path_uid(uid: str) -> str:
+    """``uid`` as an output directory's name: itself when it is a UID of at most 64 characters,
+    else a UID derived from it (2.25 form). A file's Study or Series Instance UID may hold any
+    text — a name, a date, ``../`` — and none of it may reach a path or a manifest."""
+    if len(uid) <= 64 and _UID_TEXT.fullmatch(uid):
+        return uid
+    return _derived_uid("uid", uid)
 
 
 NOT_DICOM = SkipReason("not DICOM", NotDicomError.code)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from pathlib import Path
 
@@ -174,3 +175,25 @@ def test_a_file_named_twice_is_scanned_once(tmp_path):
     found = unique_files([str(tmp_path / "src"), str(tmp_path), str(tmp_path / "alias"), str(paths[1])])
     assert sorted(found[:3]) == sorted(str(p) for p in paths)
     assert found[3:] == [str(tmp_path / "dangling.dcm")]
+
+
+def test_uids_that_are_not_uids_name_no_directory(tmp_path):
+    """Without de-identification the output directories are the file's own UIDs; a Study or
+    Series Instance UID holding other text (a name, a date, ``../``) is replaced by a UID derived
+    from it, the same for every file of its series, and the run converts every series."""
+    written = []
+    for name, study, series in [("a", "DOE^JANE 19370101", "1.2.3"), ("b", "../../escape", "x/../../y"),
+                                ("c", "1.2.840.10008.999.01", "1.2.840.10008.999.02")]:
+        for k, path in enumerate(write_series(tmp_path / "in" / name, slices=2, size=16, seed=len(written))):
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series  # pydicom warns, and writes it
+            ds.save_as(path)
+            written.append(path)
+    dest = tmp_path / "out"
+    summary = run_local([str(tmp_path / "in")], str(dest), ConvertOptions(formats=("png",), deid=False))
+    assert (summary.series, summary.converted, summary.failures) == (3, 6, [])
+    dirs = sorted(str(p.parent.relative_to(dest)) for p in dest.glob("*/*/manifest.json"))
+    assert "1.2.840.10008.999.01/1.2.840.10008.999.02" in dirs  # a UID (leading zeros too) is itself
+    assert all(re.fullmatch(r"[0-9.]+/[0-9.]+", d) for d in dirs) and len(dirs) == 3
+    everything = b"".join(p.read_bytes() for p in dest.rglob("*") if p.is_file())
+    assert b"DOE" not in everything and b"escape" not in everything and not (tmp_path / "escape").exists()
