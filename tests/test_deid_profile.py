@@ -304,6 +304,20 @@ def test_output_metadata_comes_only_from_the_whitelist(tmp_path):
         {"InstitutionName": PHI["InstitutionName"]}
 
 
+@pytest.mark.parametrize("value,embedded", [("MR", "MR"), ("CT ", "CT "), ("DOE JOHN 1937", None), ("ct", None)])
+def test_modality_is_embedded_only_as_a_defined_term(tmp_path, value, embedded):
+    """The profile keeps Modality, and a corrupt or misused file may hold any text there: only
+    one of PS3.3's defined terms reaches the outputs' metadata (XMP, the PDF caption)."""
+    from shared.deid.metadata import safe_attributes
+    from shared.metadata import embedded_fields
+
+    ds = _ct(1, tmp_path)[0]
+    ds.Modality = value
+    deidentify(ds, ConvertOptions())
+    assert safe_attributes(ds, ("Modality",)).get("Modality") == embedded
+    assert embedded_fields(ds, ConvertOptions()).get("modality") == (embedded.strip() if embedded else None)
+
+
 @pytest.mark.parametrize("options", [(), ("retain-safe-private",), ("clean-descriptors",),
                                      ("retain-long-modified-dates", "retain-device-id")])
 def test_elements_left_raw_by_the_parser_end_as_converted_ones_do(tmp_path, options):

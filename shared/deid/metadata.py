@@ -29,6 +29,22 @@ SAFE_WITH_OPTION: dict[str, frozenset[str]] = {
     "InstitutionName": frozenset({"retain-institution-id"}),
 }
 _SAFE = frozenset(SAFE_ATTRIBUTES)
+#: Modality's defined terms (PS3.3 C.7.3.1.1.1, current and retired). Modality is kept by the
+#: profile and free text in a corrupt or misused file: only a defined term is embedded.
+MODALITY_TERMS = frozenset({
+    "ANN", "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CFM", "CR", "CT", "CTPROTOCOL", "DG", "DMS",
+    "DOC", "DX", "ECG", "EEG", "EMG", "EOG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL",
+    "IVOCT", "IVUS", "KER", "KO", "LEN", "LS", "M3D", "MG", "MR", "NM", "OAM", "OCT", "OP", "OPM",
+    "OPT", "OPTBSV", "OPTENF", "OPV", "OSS", "OT", "PA", "PLAN", "POS", "PR", "PT", "PX", "REG",
+    "RESP", "RF", "RG", "RTDOSE", "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN",
+    "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA",
+    "XA", "XAPROTOCOL", "XC",
+    # retired
+    "AS", "CD", "CF", "CP", "CS", "DD", "DF", "DM", "DS", "EC", "FA", "FS", "LP", "MA", "MS", "OPR",
+    "ST", "VF",
+})
+#: Whitelisted attributes whose value is embedded only when it is one of these terms.
+DEFINED_TERMS: dict[str, frozenset[str]] = {"Modality": MODALITY_TERMS}
 
 
 def is_safe(keyword: str, options: tuple[str, ...] = ()) -> bool:
@@ -38,7 +54,8 @@ def is_safe(keyword: str, options: tuple[str, ...] = ()) -> bool:
 
 def safe_attributes(ds: Dataset, keywords: tuple[str, ...] = SAFE_ATTRIBUTES,
                     options: tuple[str, ...] = ()) -> dict[str, str]:
-    """Whitelisted attributes present in ``ds`` as strings (multi-values joined with '\\').
+    """Whitelisted attributes present in ``ds`` as strings (multi-values joined with '\\'); one
+    with defined terms (`DEFINED_TERMS`) only when its value is one of them.
 
     A keyword never on the whitelist is a programming error (ValueError); one that is safe only
     under an option that is not in ``options`` is left out.
@@ -53,6 +70,9 @@ def safe_attributes(ds: Dataset, keywords: tuple[str, ...] = SAFE_ATTRIBUTES,
         value = ds.get(keyword)
         if value is None or value == "":
             continue
-        out[keyword] = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or \
+        text = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple)) or \
             type(value).__name__ == "MultiValue" else str(value)
+        if keyword in DEFINED_TERMS and text.strip() not in DEFINED_TERMS[keyword]:
+            continue  # not the standard's term: text of the file's own, left out
+        out[keyword] = text
     return out
