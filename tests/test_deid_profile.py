@@ -256,6 +256,29 @@ def test_clean_descriptors_keep_the_words_and_drop_identifiers(tmp_path):
     assert clean_text("Dr SMITH 2026-03-02 ok, 2/3/26", {"SMITH"}) == "Dr ok,"
 
 
+@pytest.mark.parametrize("raw", [False, True])
+def test_clean_descriptors_drop_identifiers_hidden_in_removed_sequences_and_private_tags(tmp_path, raw):
+    """A name or an ID that only a removed sequence or a private element holds is hidden with
+    it; the descriptors are cleaned of it too (as parsed from a file, ``raw``, or converted)."""
+    ds = _ct(1, tmp_path)[0]
+    request = Dataset()
+    request.RequestedProcedureID, request.RequestingPhysician = "REQ4471", "Quillfeather^Ansel"
+    ds.RequestAttributesSequence = Sequence([request])  # X
+    other = Dataset()
+    other.PatientID = "OTHERID5521"
+    ds.OtherPatientIDsSequence = Sequence([other])  # X
+    block = ds.private_block(0x0009, "ACME 1", create=True)
+    block.add_new(0x10, "LO", "Brightwater Clinic")
+    block.add_new(0x11, "UN", b"PRIVUN8812 ")
+    ds.SeriesDescription = "Chest REQ4471 Quillfeather OTHERID5521 Brightwater PRIVUN8812 AXIAL"
+    if raw:
+        ds = _roundtrip(ds)
+    deidentify(ds, ConvertOptions(deid_options=("clean-descriptors",)))
+    assert ds.SeriesDescription == "Chest AXIAL"
+    deidentify(plain := _roundtrip(_ct(1, tmp_path / "p")[0]), ConvertOptions(deid_options=("clean-descriptors",)))
+    assert plain.SeriesDescription  # nothing hidden: a description keeps its words
+
+
 def test_retain_safe_private_keeps_only_known_numeric_private_values(tmp_path):
     ds = _ct(1, tmp_path)[0]
     block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)

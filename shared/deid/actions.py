@@ -109,6 +109,8 @@ def walk(ds: Dataset, ctx: Context) -> None:
             group = tag >> 16
             if group & 1:
                 if not (ctx.safe_private and _safe_private(ds, elem)):
+                    if ctx.collect:
+                        _collect_hidden(elem, ctx)
                     drop.append(tag)
             elif group & 0xFF00 in (0x5000, 0x6000) or tag & 0xFFFF == 0:
                 drop.append(tag)
@@ -130,6 +132,8 @@ def walk(ds: Dataset, ctx: Context) -> None:
         vr = elem.VR
         if ctx.collect and action != CLEAN and vr in _IDENTIFYING_VRS:
             _collect(ctx.identifiers, value, 2 if vr == "PN" else 3)
+        elif ctx.collect and vr == "SQ" and action in _HIDING:
+            _collect_hidden(elem, ctx)  # the items go whole: nothing in them is walked
         if action == REMOVE:
             continue
         if action == UID:
@@ -173,8 +177,8 @@ def _settled_raw(raw: RawDataElement, table: dict[int, str], ctx: Context, drop:
     if action == REMOVE and not ctx.collect:
         drop.append(tag)
         return True
-    if action is None and (tag >> 16) & 1:  # private: only Retain Safe Private reads its value
-        if ctx.safe_private:
+    if action is None and (tag >> 16) & 1:  # private: read for Retain Safe Private, or to collect
+        if ctx.safe_private or ctx.collect:
             return False
         drop.append(tag)
         return True
@@ -330,6 +334,29 @@ def _collect(identifiers: set[str], value, shortest: int) -> None:
     """Tokens of an identifying value (names down to 2 letters, other values from 3)."""
     for v in _values(value):
         identifiers.update(t.upper() for t in _TOKEN.findall(str(v)) if len(t) >= shortest)
+
+
+#: actions that take a sequence's items away whole (X, Z, D): `walk` does not go into them
+_HIDING = frozenset({REMOVE, EMPTY, DUMMY})
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*[\x00 ]?")
+
+
+def _collect_hidden(elem: DataElement, ctx: Context) -> None:
+    """Tokens of a value the profile takes away without reading it — a private element, the
+    items of a removed sequence (Other Patient IDs, Request Attributes) — for cleaning
+    descriptors: a name or an ID hidden there must not survive in a kept description. Text of
+    the identifying VRs, and printable bytes of a private element read without its VR."""
+    vr, value = elem.VR, elem.value
+    if _empty(value):
+        return
+    if vr == "SQ":
+        for item in value:
+            for inner in item:
+                _collect_hidden(inner, ctx)
+    elif vr in _IDENTIFYING_VRS:
+        _collect(ctx.identifiers, value, 2 if vr == "PN" else 3)
+    elif vr in ("UN", "OB") and isinstance(value, bytes) and _PRINTABLE.fullmatch(value):
+        _collect(ctx.identifiers, value.decode("ascii").rstrip("\0"), 3)
 
 
 def clean_text(text: str, identifiers: set[str]) -> str:
