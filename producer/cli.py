@@ -408,6 +408,9 @@ def main() -> None:
     (outputs, manifests and the pseudonym map are written and closed, the pool is joined, S3
     uploads have ended). Any other command, a convert that failed, and a process under a tracer or
     profiler (coverage, cProfile, pyinstrument write their results at exit) exit as usual."""
+    from shared.quiet import ignore_input_warnings
+
+    ignore_input_warnings()  # before any header is read: no command shows a library's warning
     _ended.clear()
     try:
         app()

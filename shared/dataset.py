@@ -26,6 +26,7 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
     PrivateTransferSyntaxes,
     RLETransferSyntaxes,
+    UID,
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
@@ -549,6 +550,8 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     elem = ds[keyword]
     ts = value_of(ds.file_meta, "TransferSyntaxUID")
     if keyword == "PixelData" and ts is not None:
+        if not isinstance(ts, UID) or not ts:  # empty, or of another VR than UI
+            raise InvalidDicomError("(0002,0010) Transfer Syntax UID is empty or not a UID")
         if not ts.is_transfer_syntax:
             raise UnsupportedError(
                 f"(0002,0010) Transfer Syntax UID {str(ts)[:64]!r} is not a known transfer syntax")
@@ -665,6 +668,21 @@ def decode_pixels(ds: Dataset, *, max_pixels: int) -> np.ndarray:
         except ChildDecodeError as child_err:
             raise InvalidDicomError(f"(7FE0,0010) {name} pixel data could not be decoded "
                                     f"({detail[:240]}; {str(child_err)[:120]})") from err
+    check_decoded_shape(arr, ds)
     if not arr.dtype.isnative:  # big endian sources: values kept, byte order made native
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def check_decoded_shape(arr: np.ndarray, ds: Dataset) -> None:
+    """Refuse pixels a decoder shaped otherwise than the header declares: pydicom shapes native
+    data by its own reading of the header (an empty Number of Frames, Pixel Data longer than the
+    geometry), and a codestream carries its own size; the chain splits frames by the header."""
+    frames, rows, cols, spp, _ = pixel_geometry(ds)
+    expected = (rows, cols) + ((spp,) if spp > 1 else ())
+    if frames > 1:
+        expected = (frames, *expected)
+    if arr.shape != expected:
+        raise InvalidDicomError(
+            f"(7FE0,0010) Pixel Data decodes to {' × '.join(map(str, arr.shape))} but the header "
+            f"declares {frames} frame(s) × {rows} × {cols} × {spp} sample(s)")

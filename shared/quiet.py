@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,13 @@ def silence_in_this_process() -> None:
     """Silence native decoders in this process too (a command that owns its terminal)."""
     global _requested
     _requested = True
+
+
+def ignore_input_warnings() -> None:
+    """Python's warnings off in a process that reads inputs (a command, a worker, their pools).
+    pydicom warns of a corrupt element and numpy of an overflow in two lines that name a source
+    file; some quote the file's bytes, and none says more than the instance's one-line reason."""
+    warnings.simplefilter("ignore")
 
 
 def _enabled() -> bool:

@@ -270,3 +270,101 @@ def test_a_file_meta_value_of_an_unknown_vr_is_skipped_with_its_reason_not_a_cra
                                       "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "skipped 1 file(s): unreadable header" in result.output and "1 converted" in result.output
+
+
+def _saved(ds: pydicom.Dataset) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _reason(data: bytes, **opts) -> str:
+    """The one-line reason the chain gives for ``data`` (our error, never an internal one)."""
+    from shared.errors import DicomfleetError
+
+    with pytest.raises(DicomfleetError) as err:
+        convert_dataset(read_dataset(data), ConvertOptions(**{"formats": ("png",), "deid": False, **opts}))
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name,change,declared", [
+    ("rtdose.dcm", {"NumberOfFrames": ""}, "1 frame(s) × 10 × 10 × 1"),  # 15 frames held
+    ("MR_small_expb.dcm", {"Rows": 1}, "1 frame(s) × 1 × 64 × 1"),  # big endian: pydicom's decoder
+    ("CT_small.dcm", {"BitsAllocated": 1, "BitsStored": 1, "HighBit": 0, "PixelRepresentation": 0},
+     "1 frame(s) × 128 × 128 × 1"),  # 16 times the bits a 1-bit image needs
+])
+def test_pixels_shaped_otherwise_than_the_header_says_are_refused(name, change, declared):
+    """Pixel Data longer than its geometry, which pydicom shapes into more frames than the header
+    declares: refused with the two shapes, not passed to an encoder as a 3-D array."""
+    ds = pydicom.dcmread(bundled(name))
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    reason = _reason(_saved(ds))
+    assert reason.startswith("(7FE0,0010) Pixel Data decodes to ") and reason.endswith(f"declares {declared} sample(s)")
+
+
+@pytest.mark.parametrize("vr,value", [(b"UI", b""), (b"DS", b"1.5 "), (b"AT", b"\x10\x00\x20\x00")])
+def test_a_transfer_syntax_that_is_not_a_uid_is_refused_with_its_reason(vr, value):
+    data = bundled("CT_small.dcm").read_bytes()
+    at = data.index(b"\x02\x00\x10\x00UI")
+    length = int.from_bytes(data[at + 6:at + 8], "little")
+    meta_end = at + 8 + length
+    group_length = data.index(b"\x02\x00\x00\x00UL")
+    data = bytearray(data[:at] + b"\x02\x00\x10\x00" + vr + len(value).to_bytes(2, "little") + value + data[meta_end:])
+    old = int.from_bytes(data[group_length + 8:group_length + 12], "little")
+    data[group_length + 8:group_length + 12] = (old - length + len(value)).to_bytes(4, "little")
+    assert _reason(bytes(data)) == "(0002,0010) Transfer Syntax UID is empty or not a UID"
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"WindowCenter": "nan", "WindowWidth": "400"},
+     "(0028,1050) Window Center / (0028,1051) Window Width are not finite numbers"),
+    ({"RescaleSlope": "1e308"}, "(0028,1053) Rescale Slope 1e+308 and (0028,1052) Rescale Intercept "),
+])
+def test_numbers_that_would_render_undefined_pixels_are_refused(change, reason):
+    """A NaN window cast to 8 bits gives whatever the CPU gives; a slope of 1e308 infinities."""
+    ds = pydicom.dcmread(bundled("CT_small.dcm"))
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    assert _reason(_saved(ds), formats=("png", "npy")).startswith(reason)
+
+
+def test_a_patient_id_of_another_vr_gets_that_vrs_dummy_not_an_internal_error(monkeypatch):
+    """(0010,0020) read with VR AT (a corrupt VR): de-identification cannot put a text pseudonym
+    in an AT element; it empties it, as any AT under D, and the instance converts."""
+    from shared.deid import deidentify
+
+    monkeypatch.setenv("DICOMFLEET_DEID_KEY", "k" * 40)
+    data = bytearray(bundled("CT_small.dcm").read_bytes())
+    at = data.index(b"\x10\x00\x20\x00LO")
+    data[at + 4:at + 6] = b"AT"
+    ds = read_dataset(bytes(data))
+    deidentify(ds, ConvertOptions(formats=("png",)))
+    assert ds[0x00100020].VR == "AT" and ds[0x00100020].value is None
+    outputs, _ = convert_dataset(ds, ConvertOptions(formats=("png",)))
+    assert len(outputs) == 1
+
+
+def test_the_command_shows_no_library_warning(tmp_path):
+    """pydicom's and numpy's warnings (two lines, a source path, sometimes a file's bytes) stay
+    out of the command's output: each instance says what is wrong in its one line."""
+    import subprocess
+    import sys
+
+    ds = pydicom.dcmread(bundled("CT_small.dcm"))
+    ds.RescaleSlope = "1e308"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "slope.dcm").write_bytes(_saved(ds))
+    data = bytearray(bundled("CT_small.dcm").read_bytes())
+    at = data.index(b"\x08\x00\x05\x00CS")  # Specific Character Set: an unknown one, which pydicom warns of
+    data[at + 8:at + 18] = b"ISO_IR 999"
+    (tmp_path / "in" / "charset.dcm").write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, "-c", "from producer.cli import main; main()", "convert",
+                          str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-deid", "--workers", "1"],
+                         capture_output=True, text=True)
+    said = run.stdout + run.stderr
+    assert "Warning" not in said and "warn" not in said, said
+    assert "1 converted" in said and "(0028,1053) Rescale Slope" in said, said
+    assert len(said.strip().splitlines()) == 2  # the summary and the one failure

@@ -289,7 +289,7 @@ def _dummy(elem: DataElement, tag: int, vr: str, ctx: Context) -> None:
     """Replace a value with a keyed pseudonym (text, UIDs) or a dummy of its VR."""
     if vr == "SQ":
         elem.value = []  # items of D sequences (persons, annotations) hold identifying codes
-    elif tag == _PATIENT_ID or vr in _TEXT_VRS:
+    elif vr in _TEXT_VRS:  # Patient ID (LO) included; of another VR it gets that VR's dummy
         elem.value = _dummy_text(tag, elem.value, ctx)
     elif vr in _DUMMY_CONSTANTS:
         elem.value = _DUMMY_CONSTANTS[vr]

@@ -9,6 +9,12 @@ from ..errors import InvalidDicomError
 from ..attributes import has, value_of
 
 
+#: the largest magnitude of a stored integer value (32 bits) and of a modality value an output
+#: holds (NumPy volumes are float32): a rescale beyond it would write infinities
+_LARGEST_STORED = float(2 ** 32)
+_LARGEST_OUTPUT = float(np.finfo(np.float32).max)
+
+
 def _ds_float(ds: Dataset, keyword: str, tag: str, default: float) -> float:
     raw = value_of(ds, keyword)
     if raw is None or raw == "":
@@ -28,6 +34,9 @@ def rescale_of(ds: Dataset) -> tuple[float, float]:
     intercept = _ds_float(ds, "RescaleIntercept", "0028,1052", 0.0)
     if slope == 0:
         raise InvalidDicomError("(0028,1053) Rescale Slope is 0")
+    if abs(slope) * _LARGEST_STORED + abs(intercept) > _LARGEST_OUTPUT:
+        raise InvalidDicomError(f"(0028,1053) Rescale Slope {slope:g} and (0028,1052) Rescale Intercept "
+                                f"{intercept:g} take stored values beyond the range of float32")
     return slope, intercept
 
 

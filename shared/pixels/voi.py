@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,8 @@ def file_window(ds: Dataset) -> Window | None:
         ) from err
     if center is None or width is None:
         return None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise InvalidDicomError("(0028,1050) Window Center / (0028,1051) Window Width are not finite numbers")
     function = _voi_function(ds)
     min_width = 0.0 if function is not VoiFunction.LINEAR else 1.0
     if width < min_width or (width == 0):
