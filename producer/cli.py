@@ -207,6 +207,7 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
     with imports_without_gc():
         import_pydicom_lean()
         from .local import run_local
+        from .scan import unreadable
 
     try:
         opts = conversion_options(pseudonym_map=pseudonym_map, **flags)
@@ -227,7 +228,8 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
             bar.stop()
     print_summary(summary)
     _ended["convert"] = True  # everything it wrote is closed: main may skip the teardown
-    raise Exit(1 if summary.failures or summary.series_failures else 3 if summary.below_threshold else 0)
+    failed = summary.failures or summary.series_failures or unreadable(summary.skipped)
+    raise Exit(1 if failed else 3 if summary.below_threshold else 0)
 
 
 def _prepare_deid(opts: ConvertOptions) -> None:
@@ -270,6 +272,7 @@ def _fleet_settings():
 @click.option("--timeout", type=float, default=0, help="With --wait: give up after this many seconds (0: never).")
 def submit(sources: tuple[str, ...], out: str, priority: str, wait: bool, timeout: float, **flags) -> None:
     """Queue one job per series for the workers; series already done at the target are skipped."""
+    from .scan import unreadable
     from .status import below_threshold
     from .submit import submit as submit_jobs, wait as wait_jobs
 
@@ -289,7 +292,7 @@ def submit(sources: tuple[str, ...], out: str, priority: str, wait: bool, timeou
         _say(f"skipped {count} file(s): {reason}", indent="  ")
     _say(f"{len(result.jobs)} series: {len(result.queued)} queued in {result.seconds:.1f} s")
     if not wait:
-        raise Exit(0)
+        raise Exit(1 if unreadable(result.skipped) else 0)
     try:
         records = wait_jobs([j.job_id for j in result.jobs if j.outcome != "already done"],
                             settings=settings, timeout=timeout or None)
@@ -302,7 +305,7 @@ def submit(sources: tuple[str, ...], out: str, priority: str, wait: bool, timeou
              str(r.get("state")), indent="  ")
     below = below_threshold(records)
     print_flagged(below)
-    raise Exit(1 if bad else 3 if below else 0)
+    raise Exit(1 if bad or unreadable(result.skipped) else 3 if below else 0)
 
 
 @app.command()

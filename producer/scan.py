@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from shared.dataset import header_values
-from shared.errors import DicomfleetError, NoPixelDataError, NotDicomError, StorageError
+from shared.errors import DicomfleetError, InvalidDicomError, NoPixelDataError, NotDicomError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS
 from shared.store import is_s3, iter_sources, open_source
 
@@ -117,6 +117,16 @@ def path_uid(uid: str) -> str:
 
 
 NOT_DICOM = SkipReason("not DICOM", NotDicomError.code)
+CORRUPT_IMAGE = SkipReason("a DICOM image whose (0028,0010) Rows cannot be read: its header is cut or corrupt",
+                           InvalidDicomError.code)
+#: skipped for what they are, not for a fault: other files among the images, documents (SR)
+_NOT_IMAGES = frozenset({NotDicomError.code, NoPixelDataError.code})
+
+
+def unreadable(skipped: Counter) -> int:
+    """Files skipped for a fault — a DICOM image or header that could not be read — rather than
+    for not being images: a run that skipped any did not convert everything (exit status 1)."""
+    return sum(count for reason, count in skipped.items() if getattr(reason, "code", None) not in _NOT_IMAGES)
 #: What the scan reads of every file: an image or not, its UIDs, its place in the series.
 SCAN_KEYWORDS = ("Rows", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                  "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient")
@@ -135,9 +145,11 @@ def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instanc
         return SkipReason(f"unreadable ({err.strerror})", "unreadable")
     if "Rows" not in values:
         sop_class = values.get("SOPClassUID") or values.get("MediaStorageSOPClassUID")
-        # a DICM marker over garbage parses to nothing usable: that is not DICOM either
-        return SkipReason("DICOM without an image (e.g. SR, RT plan)", NoPixelDataError.code) if sop_class \
-            else NOT_DICOM
+        if not sop_class:  # a DICM marker over garbage parses to nothing usable: not DICOM either
+            return NOT_DICOM
+        if "Image Storage" in getattr(sop_class, "name", ""):  # an image class, yet no image
+            return CORRUPT_IMAGE  # header: cut short, or a corrupt length threw the parser off
+        return SkipReason("DICOM without an image (e.g. SR, RT plan)", NoPixelDataError.code)
     study = str(values.get("StudyInstanceUID") or "") or _derived_uid("study", path)
     series = str(values.get("SeriesInstanceUID") or "") or _derived_uid("series", path)
     sop = str(values.get("SOPInstanceUID") or "") or _derived_uid("sop", path)

@@ -136,7 +136,7 @@ def test_bomb_refused_by_scan_and_chain_under_a_small_budget(bomb, tmp_path):
 
 def test_cli_skips_the_bomb_and_converts_the_real_file_in_little_memory(bomb, tmp_path):
     """The installed command on the bomb beside image_dfl.dcm: peak RSS of the whole process
-    stays far below the 2 GiB the bomb inflates to."""
+    stays far below the 2 GiB the bomb inflates to; the exit status says a file was refused."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "bomb.dcm").symlink_to(bomb)
@@ -149,7 +149,7 @@ def test_cli_skips_the_bomb_and_converts_the_real_file_in_little_memory(bomb, tm
     log = tmp_path / "convert.log"
     sample = run_child(command, env=env, log=str(log))
     output = log.read_text()
-    assert sample.ok, output
+    assert sample.error.startswith("exit 1"), output
     lines = output.strip().splitlines()
     assert lines[0].startswith("1 series, 1 instances, 1 converted, 1 outputs, 0 failed in "), output
     assert [line.strip() for line in lines[1:]] == [

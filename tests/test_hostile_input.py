@@ -206,13 +206,17 @@ def junk_dir(tmp_path):
 def test_junk_directory_converts_nothing_and_exits_cleanly(junk_dir, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["convert", str(junk_dir), "--out", str(out), "--no-deid"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the cut CT image is a fault; the rest is not DICOM
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("0 series, 0 instances, 0 converted, 0 outputs, 0 failed in ")
     skipped = {line.strip() for line in lines[1:]}
-    assert skipped == {"skipped 14 file(s): not DICOM",  # cut.dcm keeps its SOP Class UID:
-                       "skipped 1 file(s): DICOM without an image (e.g. SR, RT plan)"}
+    assert skipped == {"skipped 14 file(s): not DICOM",  # cut.dcm keeps its file meta: CT Image Storage
+                       "skipped 1 file(s): a DICOM image whose (0028,0010) Rows cannot be read: its header "
+                       "is cut or corrupt"}
     assert "Traceback" not in result.output and not out.exists()
+    (junk_dir / "cut.dcm").unlink()
+    result = CliRunner().invoke(app, ["convert", str(junk_dir), "--out", str(out), "--no-deid"])
+    assert result.exit_code == 0, result.output  # nothing but files that are not DICOM: no fault
 
 
 #: six bytes of SC_rgb_jpeg_dcmtk.dcm changed (found by fuzzing): GDCM 3.0 aborts the process on it
@@ -258,7 +262,8 @@ def test_corrupt_jpeg_that_aborts_gdcm_costs_one_instance():
 
 def test_a_file_meta_value_of_an_unknown_vr_is_skipped_with_its_reason_not_a_crash(tmp_path):
     """A file meta element whose VR bytes are corrupt: the scan skips the file with a one-line
-    reason (the value cannot be converted), and the rest of the directory converts."""
+    reason (the value cannot be converted), the rest of the directory converts, and the exit
+    status says that not everything did."""
     data = bundled("CT_small.dcm").read_bytes()
     marker = b"\x02\x00\x02\x00UI"  # (0002,0002) Media Storage SOP Class UID, VR UI
     assert data.count(marker) == 1
@@ -268,8 +273,35 @@ def test_a_file_meta_value_of_an_unknown_vr_is_skipped_with_its_reason_not_a_cra
     (tmp_path / "good.dcm").write_bytes(data)
     result = CliRunner().invoke(app, ["convert", str(tmp_path), "--out", str(tmp_path / "out"), "--no-deid",
                                       "--workers", "1"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "skipped 1 file(s): unreadable header" in result.output and "1 converted" in result.output
+
+
+@pytest.mark.parametrize("grow", [2, 100, 30000])
+def test_an_image_whose_header_a_corrupt_length_threw_off_is_not_taken_for_a_document(tmp_path, grow):
+    """Patient's Name made longer than it is: the parser reads the rest of the header out of step
+    and finds no Rows. The file meta still names CT Image Storage, so the file is an image whose
+    header is corrupt — counted so, with exit status 1 — not "DICOM without an image"."""
+    data = bytearray(bundled("CT_small.dcm").read_bytes())
+    at = data.index(b"\x10\x00\x10\x00PN")
+    data[at + 6:at + 8] = (int.from_bytes(data[at + 6:at + 8], "little") + grow).to_bytes(2, "little")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.dcm").write_bytes(bytes(data))
+    (tmp_path / "in" / "good.dcm").write_bytes(bundled("CT_small.dcm").read_bytes())
+    sr = pydicom.dcmread(bundled("CT_small.dcm"), stop_before_pixels=True)
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
+    del sr.Rows
+    sr.save_as(tmp_path / "in" / "sr.dcm")
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                      "--no-deid", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "skipped 1 file(s): a DICOM image whose (0028,0010) Rows cannot be read: its header is cut or " \
+        "corrupt" in result.output
+    assert "skipped 1 file(s): DICOM without an image" in result.output and "1 converted" in result.output
+    (tmp_path / "in" / "bad.dcm").unlink()  # documents alone are no fault
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), "--out", str(tmp_path / "out2"),
+                                      "--no-deid", "--workers", "1"])
+    assert result.exit_code == 0, result.output
 
 
 def _saved(ds: pydicom.Dataset) -> bytes:
