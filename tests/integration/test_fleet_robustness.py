@@ -53,6 +53,21 @@ def test_status_and_submit_wait_flag_jpegs_below_the_ssim_threshold(fleet_factor
     assert both.exit_code == 0 and "flagged" not in both.output, both.output
 
 
+def test_submit_exits_1_when_its_scan_could_not_read_an_image(fleet_factory, tmp_path):
+    """A CT file cut inside its header beside a good series: the series is queued and converts,
+    the cut file is named in the summary as unreadable, and submit says so by its status."""
+    fleet = fleet_factory(broker_url=REDIS, result_backend=REDIS)
+    src = tmp_path / "in"
+    [first, *_] = write_series(src, slices=3, size=32, seed=13)
+    (src / "cut.dcm").write_bytes(first.read_bytes()[:300])
+    fleet.worker()
+    run = CliRunner().invoke(app, ["submit", str(src), "--out", fleet.dest, "--no-deid", "--wait", "--timeout", "120"])
+    assert run.exit_code == 1, run.output
+    assert "skipped 1 file(s): a DICOM image whose (0028,0010) Rows cannot be read" in run.output
+    [manifest] = check_against_manifests(fleet.objects())
+    assert manifest["counts"]["converted"] == 3
+
+
 class RedisServer:
     """A redis-server of the test's own that can be stopped and started again on its port, its
     data kept in an append-only file written through on every command (nothing is lost)."""
