@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+from shared.attributes import is_uid_text
 from shared.dataset import header_values
 from shared.errors import DicomfleetError, InvalidDicomError, NoPixelDataError, NotDicomError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS
@@ -103,15 +103,11 @@ def _derived_uid(*parts: str) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
-#: a UID as PS3.5 9.1 writes it, leading zeros allowed (common in the field): digits and dots
-_UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-
-
 def path_uid(uid: str) -> str:
     """``uid`` as an output directory's name: itself when it is a UID of at most 64 characters,
     else a UID derived from it (2.25 form). A file's Study or Series Instance UID may hold any
     text — a name, a date, ``../`` — and none of it may reach a path or a manifest."""
-    if len(uid) <= 64 and _UID_TEXT.fullmatch(uid):
+    if is_uid_text(uid):
         return uid
     return _derived_uid("uid", uid)
 

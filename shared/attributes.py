@@ -7,6 +7,7 @@ still-raw element as pydicom's own access does (tests/test_attributes.py holds t
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydicom.dataelem import RawDataElement
@@ -14,6 +15,14 @@ from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
 
 _TAGS: dict[str, int] = {}
+#: a UID as PS3.5 9.1 writes it, leading zeros allowed (common in the field): digits and dots
+_UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_uid_text(value: str) -> bool:
+    """Whether ``value`` reads as a UID (at most 64 digits and dots): one that may name a path or
+    stand in a reason, where a UID element holding other text (a name, ``../``) may not."""
+    return len(value) <= 64 and _UID_TEXT.fullmatch(value) is not None
 
 
 def tag_of(keyword: str) -> int:

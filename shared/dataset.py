@@ -32,7 +32,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
 
 from .elements import VR_NAMES, walk_elements
-from .attributes import has, value_of
+from .attributes import has, is_uid_text, value_of
 from .codestream import j2k_size, jpeg_size, rle_capacity
 from .native import native_pixels
 from .gdcm_child import GDCM_SYNTAXES, ChildDecodeError, decode_in_child
@@ -617,8 +617,13 @@ def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int, 
 
 
 def _sop_class_name(ds: Dataset) -> str:
-    uid = ds.get("SOPClassUID")
-    return getattr(uid, "name", None) or str(uid or "unknown")
+    """The SOP class's name in the dictionary, else its UID, else "unknown" (a value that is no
+    UID — a corrupt or misused element's text — is not repeated)."""
+    uid = str(ds.get("SOPClassUID") or "").strip()
+    name = getattr(ds.get("SOPClassUID"), "name", "")
+    if name and name != uid:
+        return name
+    return uid if is_uid_text(uid) else "unknown"
 
 
 #: pydicom's decoding plugin tried first, by transfer syntax, where its own order starts with a

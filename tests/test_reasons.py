@@ -66,10 +66,11 @@ def test_reasons_for_corrupt_files_carry_no_planted_value():
             try:
                 parse(bytes(buf))
             except DicomfleetError as err:
-                raw = " ".join(Exception.__str__(err).split())
+                raw = " ".join(f"{Exception.__str__(err)} {err.__cause__ or ''}".split())
                 raw_leaks += any(p in raw for p in PLANTED) or "\\x" in raw
                 reasons.add(str(err))
-    assert raw_leaks > 0  # the leak path is exercised: unsanitised messages did carry file bytes
+    assert raw_leaks > 0  # the leak path is exercised: the messages as written, or the library
+    # errors behind them, did carry file bytes
     assert reasons
     leaked = [r for r in reasons if any(p in r for p in PLANTED) or "\\x" in r]
     assert leaked == []
@@ -129,3 +130,19 @@ def test_a_settings_reason_quotes_what_the_user_typed():
 
     assert str(ConfigError("--format 'gif' is not one of png, jpeg")) == "--format 'gif' is not one of png, jpeg"
     assert str(InvalidDicomError("(0028,0004) value 'gif'")) == "(0028,0004) value <a value of 5 characters, not shown>"
+
+
+@pytest.mark.parametrize("sop_class,shown", [
+    ("1.2.840.10008.5.1.4.1.1.2", "CT Image Storage"),
+    ("1.2.826.0.1.3680043.99.1", "1.2.826.0.1.3680043.99.1"),  # a private class: its UID
+    ("DOE^JOHN 19370101", "unknown"),  # not a UID: not repeated
+])
+def test_a_sop_class_is_named_by_the_dictionary_or_its_uid_only(sop_class, shown):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = sop_class
+    del ds.PixelData
+    out = io.BytesIO()
+    ds.save_as(out)
+    with pytest.raises(DicomfleetError) as err:
+        convert_dataset(read_dataset(out.getvalue()), ConvertOptions(formats=("png",), deid=False))
+    assert str(err.value) == f"no pixel data (SOP class {shown})"
