@@ -21,7 +21,7 @@ from . import digest
 from . import deid as deidentification  # light: the step itself loads on first use
 from .deid.burned_in import Region, mask_regions
 from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
-from .errors import Transient, failure
+from .errors import PixelBudgetError, Transient, failure
 from .manifest import build_manifest, manifest_bytes, manifest_key, without_timings
 from .metadata import embedded_fields, jpeg_with_metadata, png_chunks, tiff_tags
 from .options import ConvertOptions, Format
@@ -64,6 +64,12 @@ def display_frames(arr: np.ndarray, ds: Dataset, opts: ConvertOptions) -> tuple[
     img_all, window = render_8bit(arr, ds, window=opts.window_spec)
     frames = _frames(img_all, ds)
     plan = plan_display(ds, frames[0].shape[:2], orientation=opts.orientation, max_size=opts.max_size)
+    if plan.size is not None:  # square pixels may grow an axis up to MAX_ASPECT times: budgeted too
+        shown = len(frames) * plan.size[0] * plan.size[1] * (frames[0].shape[2] if frames[0].ndim == 3 else 1)
+        if shown > opts.max_pixels:
+            raise PixelBudgetError(
+                f"the display of {plan.size[0]} × {plan.size[1]} (square pixels) × {len(frames)} frame(s) "
+                f"exceeds the pixel budget of {opts.max_pixels} (DICOMFLEET_MAX_PIXELS; or use --max-size)")
     return [plan.apply(f) for f in frames], window, plan
 
 
@@ -94,7 +100,9 @@ def convert_dataset(ds: Dataset, opts: ConvertOptions, clock: StageClock | None 
         wanted -= {Format.TIFF, Format.NPY}  # one per series instead (shared/stack.py)
     fields = embedded_fields(ds, opts)  # the whitelisted metadata (shared/metadata.py)
     rendered: list[np.ndarray] = []
-    if wanted & {Format.PNG, Format.JPEG}:
+    # the PDF report shows a few slices later, per series: each instance's display is made here
+    # too, so that one that cannot be shown fails with its own reason, not the series' report
+    if wanted & {Format.PNG, Format.JPEG, Format.PDF}:
         with clock.stage("render"):  # the whole instance at once: one window for all its frames
             rendered, window, plan = display_frames(arr, ds, opts)
         if window is not None:

@@ -43,7 +43,15 @@ def to_png16(arr: np.ndarray) -> tuple[np.ndarray, int]:
     return arr.astype(np.uint16, copy=False), 0
 
 
+#: the largest side a baseline JPEG holds (libjpeg's JPEG_MAX_DIMENSION)
+JPEG_MAX_SIDE = 65500
+
+
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    if max(img.shape[:2]) > JPEG_MAX_SIDE:
+        raise UnsupportedError(
+            f"JPEG holds at most {JPEG_MAX_SIDE} pixels a side; the display is "
+            f"{img.shape[0]} × {img.shape[1]} (use --max-size, or png)")
     cv2 = opencv()
     ok, buf = cv2.imencode(".jpg", _bgr(img), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:  # pragma: no cover

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,8 @@ def parse_window(value: str) -> str | tuple[float, float]:
     m = _CW.match(v)
     if m:
         center, width = float(m.group(1)), float(m.group(2))
+        if not (math.isfinite(center) and math.isfinite(width)):  # digits beyond float range
+            raise ConfigError(f"window centre and width must be finite numbers, got {value!r}")
         if width < 1:
             raise ConfigError(f"window width must be >= 1, got {value!r}")
         return center, width

@@ -33,6 +33,28 @@ def _check(first: tuple, index: int, frame: np.ndarray, shape: tuple, dtype: np.
             f"{list(frame.shape)}, output {first[0]:04d} is {dtype}{list(shape)}")
 
 
+def _orientation_of(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """The slice's row and column directions, None when absent or unusable (no geometry then)."""
+    try:
+        return orientation_vectors(ds)
+    except InvalidDicomError:
+        return None
+
+
+def _check_orientation(first_ds: Dataset, first_index: int, ds: Dataset, index: int) -> None:
+    """A volume's sidecar gives one direction for every slice: a slice of another orientation (a
+    scout among axial slices) would be placed and measured along the wrong normal. A slice whose
+    orientation is absent or unusable has no position; it is stacked, and no direction is wrong."""
+    if ds is first_ds:
+        return
+    ours, theirs = _orientation_of(ds), _orientation_of(first_ds)
+    if ours is not None and theirs is not None and not np.allclose(
+            np.concatenate(ours), np.concatenate(theirs), atol=1e-4):
+        raise InvalidDicomError(
+            f"--series-stack needs one orientation: output {index:04d}'s (0020,0037) Image Orientation "
+            f"(Patient) differs from output {first_index:04d}'s")
+
+
 def _spooled(write: Callable[[str], None]) -> bytes:
     """Run ``write(path)`` on a temp file and return its bytes (the store takes bytes)."""
     with tempfile.TemporaryDirectory(prefix="dicomfleet-stack-") as tmp:
@@ -85,6 +107,7 @@ def npy_stack(slices: Slices, count: int) -> tuple[bytes, dict]:
                 first, first_ds, dtype, shape = (index,), ds, values.dtype, values.shape
                 volume = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, *shape))
             _check(first, index, values, shape, dtype)
+            _check_orientation(first_ds, first[0], ds, index)
             volume[n] = values
             geometry.append({"index": index, "frame": frame_no, "position": frame_position(ds, frame_no)})
         if volume is None:
@@ -102,7 +125,7 @@ def volume_geometry(first: Dataset, slices: list[dict]) -> dict:
     positions = [s["position"] for s in slices]
     steps = np.diff(positions) if len(positions) > 1 and None not in positions else np.empty(0)
     spacing = pixel_spacing(first, aspect=False)
-    vectors = orientation_vectors(first)
+    vectors = _orientation_of(first)
     origin = frame_origin(first, slices[0]["frame"])
     direction = None
     if vectors is not None:

@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from shared.errors import InvalidDicomError
-from shared.options import WINDOW_PRESETS, parse_window
+from shared.options import WINDOW_PRESETS, ConvertOptions, parse_window
 from shared.pixels import VoiFunction, Window, apply_modality_lut, apply_window, render_8bit, select_window
 from shared.pixels.render import render_colour
 
@@ -207,6 +207,60 @@ def test_presets_and_explicit_windows(spec):
     if spec in WINDOW_PRESETS:
         assert (center, width) == WINDOW_PRESETS[spec]
     assert np.array_equal(img.ravel(), [math.floor(linear(v - 1024, center, width)) for v in RAMP16.ravel().tolist()])
+
+
+@pytest.mark.parametrize("spec", ["9" * 400 + ",400", "40," + "9" * 400, "-" + "9" * 400 + ",1"])
+def test_explicit_window_numbers_beyond_float_range_are_refused(spec):
+    """Digits enough to overflow float to infinity: refused, not a window of infinite centre that
+    renders every pixel black and writes ``Infinity`` into the manifest."""
+    from shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="window centre and width must be finite numbers"):
+        parse_window(spec)
+
+
+def _instance(arr: np.ndarray, **attrs):
+    """`grey` with its pixels, as a file would be read (explicit VR little endian)."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from shared.dataset import read_dataset
+
+    ds = grey(arr, **attrs)
+    ds.PixelData = arr.tobytes()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return read_dataset(out.getvalue())
+
+
+def test_jpeg_refuses_a_display_wider_than_it_holds_with_a_reason():
+    """2 × 4096 pixels 16 times longer than wide show as 2 × 65536: beyond JPEG's 65500, an
+    unsupported output with its reason (not an internal error); PNG holds it."""
+    from shared.chain import convert_dataset
+    from shared.errors import UnsupportedError
+
+    ds = _instance(np.zeros((2, 4096), np.uint16), PixelSpacing=[1, 16])
+    with pytest.raises(UnsupportedError, match=r"JPEG holds at most 65500 pixels a side; the display is 2 × 65536"):
+        convert_dataset(ds, ConvertOptions(formats=("jpeg",), deid=False))
+    [png], _ = convert_dataset(ds, ConvertOptions(formats=("png",), deid=False))
+    assert png.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_display_that_square_pixels_grow_beyond_the_budget_is_refused():
+    from shared.chain import convert_dataset
+    from shared.errors import PixelBudgetError
+
+    ds = _instance(np.zeros((64, 1024), np.uint16), PixelSpacing=[16, 1])  # shown as 1024 × 1024
+    with pytest.raises(PixelBudgetError, match=r"the display of 1024 × 1024 \(square pixels\) × 1 frame"):
+        convert_dataset(ds, ConvertOptions(formats=("png",), deid=False, max_pixels=1 << 19))
+    [png], _ = convert_dataset(ds, ConvertOptions(formats=("png",), deid=False, max_pixels=1 << 19, max_size=512))
+    assert png.data[:4] == b"\x89PNG"
 
 
 def test_modality_lut_sequence_replaces_the_rescale():

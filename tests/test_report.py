@@ -177,3 +177,21 @@ def test_without_positions_the_series_order_is_used(report, tmp_path):
     manifest = convert(src, tmp_path / "out", "-f", "pdf", "--no-deid")
     [entry] = manifest["series_outputs"]
     assert [(s["index"], s["position"]) for s in entry["slices"]] == [(3, None), (5, None), (7, None)]
+
+
+def test_a_pdf_alone_names_the_instance_that_cannot_be_shown(report, tmp_path):
+    """--format pdf alone: an instance whose display fails (Window Width 0) fails with its own
+    reason, as it would with png, and the report is made of the others."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for k, path in enumerate(sorted((report[0] / "in").glob("*.dcm"))[:5]):
+        ds = pydicom.dcmread(path)
+        if k == 2:
+            ds.WindowCenter, ds.WindowWidth = "40", "0"
+        ds.save_as(src / path.name, enforce_file_format=True)
+    lines = convert(src, tmp_path / "out", "-f", "pdf", "--slices", "50%", "--no-deid", code=1)
+    assert lines[0].startswith("1 series, 5 instances, 4 converted, 0 outputs, 1 failed"), lines  # the pdf: a series output
+    [failed] = [line for line in lines if "failed" in line and "/0" in line]
+    assert failed.endswith(": (0028,1051) Window Width 0 is invalid for LINEAR")
+    [manifest] = (tmp_path / "out").glob("*/*/manifest.json")
+    assert [o["format"] for o in json.loads(manifest.read_text())["series_outputs"]] == ["pdf"]

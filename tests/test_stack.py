@@ -102,3 +102,55 @@ def test_a_slice_of_another_size_is_a_series_failure_with_its_reason(series, tmp
 def test_series_stack_needs_a_volume_format():
     with pytest.raises(ConfigError, match="--series-stack stacks tiff or npy"):
         ConvertOptions(formats=("png",), series_stack=True, deid=False)
+
+
+def _rewritten(series, src: Path, change) -> None:
+    src.mkdir()
+    for k, ds in enumerate(series[:5]):
+        ds = pydicom.dcmread(ds.filename)
+        change(k, ds)
+        ds.save_as(src / f"{k}.dcm", enforce_file_format=True)
+
+
+def test_a_slice_of_another_orientation_is_no_part_of_a_volume(series, tmp_path):
+    """A sagittal slice among axial ones: the sidecar's one direction would place it along the
+    wrong normal, so the volume is refused with the slice named; the TIFF pages carry no geometry."""
+    def sagittal(k, ds):
+        if k == 3:
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    _rewritten(series, tmp_path / "in", sagittal)
+    manifest, folder, _ = convert(tmp_path / "in", tmp_path / "out", "-f", "npy", "-f", "tiff", code=1)
+    [error] = manifest["series_errors"]
+    assert error["output"] == "npy" and error["reason"].startswith("--series-stack needs one orientation: output 0")
+    assert (folder / "series.tiff").exists() and not (folder / "series.npy").exists()
+
+
+def test_an_unusable_orientation_costs_its_geometry_not_the_volume(series, tmp_path):
+    """The first slice's orientation all zeros: the volume is written, without a direction, and
+    that slice without a position (the series then goes by Instance Number: it stays first)."""
+    def zeros(k, ds):
+        ds.InstanceNumber = k + 1
+        if k == 0:
+            ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+    _rewritten(series, tmp_path / "in", zeros)
+    manifest, folder, _ = convert(tmp_path / "in", tmp_path / "out", "-f", "npy", "--orientation", "as-stored")
+    sidecar = json.loads((folder / "series.npy.json").read_text())
+    assert sidecar["direction"] is None and sidecar["shape"] == [5, SIZE, SIZE]
+    assert [s["position"] is None for s in sidecar["slices"]] == [True, False, False, False, False]
+
+
+def test_positions_beyond_float_range_are_unknown_and_the_json_strict(series, tmp_path):
+    """Finite Image Position terms whose product along an oblique normal overflows: the position
+    is unknown (null), never ``Infinity``, which strict JSON readers refuse."""
+    def overflowing(k, ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0.7071068, 0.7071068]
+        ds.ImagePositionPatient = [0, -1.5e308, 1.5e308] if k == 2 else [0, 0, 10.0 * k]
+    _rewritten(series, tmp_path / "in", overflowing)
+    convert(tmp_path / "in", tmp_path / "out", "-f", "npy")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    for path in (tmp_path / "out").rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=refuse)
+    [manifest] = (tmp_path / "out").glob("*/*/manifest.json")
+    assert "Infinity" not in manifest.read_text()

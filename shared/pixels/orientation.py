@@ -10,6 +10,7 @@ shrinks and INTER_CUBIC where it grows. Stored-value outputs (tiff, png16, npy) 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -156,7 +157,8 @@ def frame_position(ds: Dataset, frame: int | None = None) -> float | None:
     origin = frame_origin(ds, frame)
     if vectors is None or origin is None:
         return None
-    return round(float(origin @ np.cross(*vectors)), 4) + 0.0
+    position = float(origin @ np.cross(*vectors))
+    return round(position, 4) + 0.0 if math.isfinite(position) else None  # finite terms, infinite sum
 
 
 @dataclass(frozen=True)
