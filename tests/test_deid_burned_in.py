@@ -49,8 +49,9 @@ def test_mask_blacks_out_every_frame_and_clips_to_the_image():
     assert np.array_equal(out[untouched], arr[untouched]) and arr[0, 1, 3] != 10  # input unchanged
     mono1 = mask_regions(arr[0], _ds(PhotometricInterpretation="MONOCHROME1"), regions=((0, 0, 1, 1),))
     assert mono1[0, 0] == arr[0].max()
-    rgb = np.full((3, 3, 3), 200, np.uint8)
-    assert (mask_regions(rgb, _ds(PhotometricInterpretation="RGB"), regions=((0, 0, 2, 2),))[:2, :2] == 200).all()
+    rgb = np.full((3, 3, 3), 200, np.uint8)  # colour is black in every channel, not the image's minimum
+    masked = mask_regions(rgb, _ds(PhotometricInterpretation="RGB", SamplesPerPixel=3), regions=((0, 0, 2, 2),))
+    assert (masked[:2, :2] == 0).all() and (masked[2] == 200).all() and (masked[:, 2] == 200).all()
 
 
 @pytest.fixture

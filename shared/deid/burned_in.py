@@ -55,10 +55,15 @@ def parse_region(value) -> Region:
 
 def mask_regions(arr: np.ndarray, ds: Dataset, *, regions: tuple[Region, ...]) -> np.ndarray:
     """A copy of the pixels with every region of every frame set to black for its photometric
-    interpretation (the minimum stored value; the maximum for MONOCHROME1)."""
+    interpretation: 0 in every channel of colour (decoded as RGB), else the minimum stored value
+    (the maximum for MONOCHROME1; for palette colour the lowest index)."""
     out = np.array(arr, copy=True)
     frames = out if int(ds.get("NumberOfFrames", 1) or 1) > 1 else out[np.newaxis]
-    fill = out.max() if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" else out.min()
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
+        fill = 0
+    else:
+        fill = out.max() if photometric == "MONOCHROME1" else out.min()
     for x, y, w, h in regions:
         frames[:, y:y + h, x:x + w] = fill
     return out
