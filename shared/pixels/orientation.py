@@ -157,7 +157,8 @@ def frame_position(ds: Dataset, frame: int | None = None) -> float | None:
     origin = frame_origin(ds, frame)
     if vectors is None or origin is None:
         return None
-    position = float(origin @ np.cross(*vectors))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is checked for just below
+        position = float(origin @ np.cross(*vectors))
     return round(position, 4) + 0.0 if math.isfinite(position) else None  # finite terms, infinite sum
 
 
