@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-from shared.attributes import is_uid_text
+from shared.attributes import is_image_class, is_uid_text
 from shared.dataset import header_values
 from shared.errors import DicomfleetError, InvalidDicomError, NoPixelDataError, NotDicomError, StorageError
 from shared.options import DEFAULT_MAX_PIXELS
@@ -143,7 +143,7 @@ def read_instance(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Instanc
         sop_class = values.get("SOPClassUID") or values.get("MediaStorageSOPClassUID")
         if not sop_class:  # a DICM marker over garbage parses to nothing usable: not DICOM either
             return NOT_DICOM
-        if "Image Storage" in getattr(sop_class, "name", ""):  # an image class, yet no image
+        if is_image_class(sop_class):  # an image class, yet no image
             return CORRUPT_IMAGE  # header: cut short, or a corrupt length threw the parser off
         return SkipReason("DICOM without an image (e.g. SR, RT plan)", NoPixelDataError.code)
     study = str(values.get("StudyInstanceUID") or "") or _derived_uid("study", path)

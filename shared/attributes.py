@@ -19,6 +19,12 @@ _TAGS: dict[str, int] = {}
 _UID_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 
+def is_image_class(sop_class: Any) -> bool:
+    """Whether a SOP Class UID names a kind of image ("… Image Storage" in the dictionary): an
+    instance of it without Rows or Pixel Data has a cut or corrupt header, not no image."""
+    return "Image Storage" in str(getattr(sop_class, "name", "") or "")
+
+
 def is_uid_text(value: str) -> bool:
     """Whether ``value`` reads as a UID (at most 64 digits and dots): one that may name a path or
     stand in a reason, where a UID element holding other text (a name, ``../``) may not."""

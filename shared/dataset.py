@@ -32,7 +32,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
 
 from .elements import VR_NAMES, walk_elements
-from .attributes import has, is_uid_text, value_of
+from .attributes import has, is_image_class, is_uid_text, value_of
 from .codestream import j2k_size, jpeg_size, rle_capacity
 from .native import native_pixels
 from .gdcm_child import GDCM_SYNTAXES, ChildDecodeError, decode_in_child
@@ -539,6 +539,9 @@ def check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
     """Refuse absurd or lying headers before any decoder allocates memory for them."""
     keyword = next((k for k in _PIXEL_KEYWORDS if has(ds, k)), None)
     if keyword is None:
+        if is_image_class(ds.get("SOPClassUID")):  # a corrupt length before it swallowed it
+            raise InvalidDicomError(f"(7FE0,0010) Pixel Data is missing from a {_sop_class_name(ds)} "
+                                    "instance: a cut file, or a corrupt length before it")
         raise NoPixelDataError(f"no pixel data (SOP class {_sop_class_name(ds)})")
     frames, rows, cols, spp, bits = pixel_geometry(ds)
     samples = frames * rows * cols * spp

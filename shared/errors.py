@@ -20,8 +20,8 @@ MAX_QUOTED = 66
 #: a literal of numbers: decimal and integer strings, UIDs, their multi-values (backslashes); an
 #: exponent's letter only between a digit and a digit or sign (one character at a time: linear)
 _NUMBERS = re.compile(r"(?:[0-9.+\-\\ ]|(?<=[0-9.])[eE](?=[+\-]?[0-9]))*")
-#: a literal of bytes as pydicom shows an unknown VR: ``0x53 0x5d``
-_HEX_BYTES = re.compile(r"0x[0-9a-fA-F]{2}(?: 0x[0-9a-fA-F]{2})*")
+#: a tag as messages write it: (gggg,eeee)
+_TAG = re.compile(r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)")
 #: a numpy dtype as messages name it: ``'<u2'``, ``'uint16'``
 _DTYPE = re.compile(r"[<>|=]?[biufcSUV][0-9]{0,2}|bool|u?int(?:8|16|32|64)|float(?:16|32|64)")
 #: Photometric Interpretation's defined terms (PS3.3 C.7.6.3.1.2): values a reason may name
@@ -55,8 +55,33 @@ def _dicom_terms() -> frozenset[str]:
 def _speaks_of_the_standard(content: str) -> bool:
     """Whether a quoted value says only numbers or the standard's own words (`_dicom_terms`):
     then it cannot be a name, an ID or free text read from a file."""
-    return bool(_NUMBERS.fullmatch(content) or _HEX_BYTES.fullmatch(content)
-                or _DTYPE.fullmatch(content) or content.strip() in _dicom_terms())
+    return bool(_NUMBERS.fullmatch(content) or _DTYPE.fullmatch(content) or content.strip() in _dicom_terms())
+
+
+def _printable(word: int) -> bool:
+    """Whether both bytes of a 16-bit word are printable ASCII, as text read as a tag's is."""
+    return 0x20 <= word & 0xFF <= 0x7E and 0x20 <= word >> 8 <= 0x7E
+
+
+def _tag_of_text(match: re.Match) -> str:
+    """A tag the parser read out of a value when a corrupt length put it out of step: its group
+    or element is two printable characters (``(4D53,5449)`` is "SMIT") and the dictionary does
+    not know it. Real tags almost never are: creators and private elements have a 0x00 or 0x10
+    byte, and public tags that are (Depth of Scan Field, (0018,5050)) are in the dictionary."""
+    group, element = int(match.group(1), 16), int(match.group(2), 16)
+    if (_printable(group) or _printable(element)) and (group << 16 | element) not in _dictionary_tags():
+        return "(text read as a tag)"
+    return match.group(0)
+
+
+@cache
+def _dictionary_tags() -> frozenset[int]:
+    from .runtime import import_pydicom_lean
+
+    import_pydicom_lean()
+    from pydicom.datadict import DicomDictionary
+
+    return frozenset(DicomDictionary)
 
 
 def safe_reason(text: str, *, strict: bool = True) -> str:
@@ -64,11 +89,13 @@ def safe_reason(text: str, *, strict: bool = True) -> str:
 
     Libraries quote raw values in their messages: pydicom shows the bytes of an element whose
     length is corrupt, and a corrupt length swallows its neighbours — names, IDs, dates — into
-    even a short, printable value (a Pixel Spacing of ``'1.0\\1.0 LO ACME'``). A quoted literal
-    is shown only if it is closed, no longer than a UID, free of binary, and (``strict``, for
-    reasons about an input) made of numbers, a UID, bytes in hex or the standard's own words
-    (`_speaks_of_the_standard`); any other is replaced by its length. Not ``strict``: every short
-    printable literal stays (a setting's reason quotes what the user typed)."""
+    even a short, printable value (a Pixel Spacing of ``'1.0\\1.0 LO ACME'``), and an element
+    read out of step shows its text as a tag and a VR in hex (``(4D53,5449)``, ``'0x48 0x5e'``:
+    "SMITH^"). A quoted literal is shown only if it is closed, no longer than a UID, free of binary,
+    and (``strict``, for reasons about an input) made of numbers, a UID or the standard's own words
+    (`_speaks_of_the_standard`); any other is replaced by its length. ``strict`` also leaves out
+    tags made of text (`_tag_of_text`). Not ``strict``: every short printable literal stays (a
+    setting's reason quotes what the user typed)."""
 
     def redact(match: re.Match) -> str:
         literal = match.group(0)
@@ -76,7 +103,8 @@ def safe_reason(text: str, *, strict: bool = True) -> str:
                  and (not strict or _speaks_of_the_standard(literal[2 if literal[0] == "b" else 1:-1])))
         return literal if shown else f"<a value of {len(literal)} characters, not shown>"
 
-    return _QUOTED.sub(redact, " ".join(str(text).split()))
+    text = _QUOTED.sub(redact, " ".join(str(text).split()))
+    return _TAG.sub(_tag_of_text, text) if strict else text
 
 
 class DicomfleetError(Exception):
