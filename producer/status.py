@@ -22,8 +22,9 @@ class StatusReport:
 
     @property
     def exit_code(self) -> int:
-        """As `convert`'s: 1 when a job failed, 3 when all is done but some JPEG was flagged."""
-        return 1 if self.counts["failed"] else 3 if self.below_threshold else 0
+        """As `convert`'s: 1 when a job or an instance of a done job failed, 3 when all converted
+        but some JPEG was flagged."""
+        return 1 if self.counts["failed"] or self.instances_failed else 3 if self.below_threshold else 0
 
     def lines(self, *, detail: bool) -> list[str]:
         c = self.counts

@@ -339,3 +339,18 @@ def test_a_handful_of_files_starts_no_pool_unless_processes_are_asked_for(series
                              env=env, cwd=Path(__file__).parent.parent)
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip().splitlines()[-1] == pooled, name
+
+
+@pytest.mark.parametrize("counts,instances_failed,below,code", [
+    ({"done": 2}, 0, 0, 0), ({"done": 2}, 1, 0, 1), ({"done": 1, "failed": 1}, 0, 0, 1),
+    ({"done": 2}, 0, 3, 3), ({"done": 2}, 1, 3, 1),
+])
+def test_status_exits_as_convert_does(counts, instances_failed, below, code):
+    """A done job with a failed instance is a failure for `status`, as for `convert` and
+    `submit --wait`: 1 before the flagged JPEGs' 3."""
+    from collections import Counter
+
+    from producer.status import StatusReport
+
+    report = StatusReport(counts=Counter(counts), instances_failed=instances_failed, below_threshold=below)
+    assert report.exit_code == code
