@@ -156,6 +156,13 @@ class UnsupportedError(Permanent):
     code = "unsupported"
 
 
+class MissingSourceError(Permanent):
+    """The source instance is gone or may not be read (deleted, moved, no permission) since it was
+    scanned: that instance's failure, which no retry of its series mends."""
+
+    code = "missing_source"
+
+
 class PixelBudgetError(Permanent):
     """The header declares more pixels than the configured budget or than its data holds."""
 

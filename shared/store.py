@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-from .errors import ConfigError, StorageError
+from .errors import ConfigError, MissingSourceError, StorageError
 
 S3_SCHEME = "s3://"
 #: Bytes fetched per ranged GET when reading headers from S3: one request for a typical header.
@@ -418,14 +418,28 @@ def open_source(ref: str) -> BinaryIO:
     return open(ref, "rb")
 
 
+#: what a local source's read fails with when the file itself is gone or closed to us, not the
+#: storage: no retry brings it back
+_GONE = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def read_source(ref: str) -> bytes:
-    """The bytes of one source instance (a local path or ``s3://bucket/key``)."""
+    """The bytes of one source instance (a local path or ``s3://bucket/key``). A source deleted,
+    moved or closed to us since the scan is that instance's MissingSourceError; any other fault
+    of the storage a StorageError, which retries the series."""
     if is_s3(ref):
         bucket, name = split_s3(ref)
-        return _get(s3_client(), bucket, name, "source")
+        try:
+            return _get(s3_client(), bucket, name, "source")
+        except StorageError as err:
+            if _is_missing(err):
+                raise MissingSourceError("the source is no longer in its bucket (NoSuchKey)") from err
+            raise
     try:
         with open(ref, "rb") as fh:
             return fh.read()
+    except _GONE as err:
+        raise MissingSourceError(f"the source cannot be read any more: {err.strerror}") from err
     except OSError as err:
         raise StorageError(f"cannot read source: {err.strerror}") from err
 

@@ -103,3 +103,27 @@ def test_a_background_put_to_a_stopped_server_stops_the_series_without_a_manifes
     finally:
         server.stop()
 
+
+
+def test_a_source_gone_since_the_scan_fails_alone_locally_and_on_s3(s3, series, tmp_path):
+    """One source deleted between the scan and its conversion: that instance fails with
+    missing_source, the rest convert and the manifest is written — on disk and in a bucket —
+    instead of the series being retried until it fails whole."""
+    import shutil
+
+    local = tmp_path / "src"
+    local.mkdir()
+    copies = [str(shutil.copy(p, local / Path(p).name)) for p in series[:4]]
+    Path(copies[2]).unlink()
+    bucket = s3.make_bucket(f"gone-{uuid.uuid4().hex[:12]}")
+    client = s3.client()
+    for p in series[:4]:
+        client.fput_object(bucket, f"in/{Path(p).name}", p)
+    client.remove_object(bucket, f"in/{Path(series[2]).name}")
+    with pointed_at(s3.env()):
+        for sources, dest in ((copies, str(tmp_path / "out")),
+                              ([f"s3://{bucket}/in/{Path(p).name}" for p in series[:4]], f"s3://{bucket}/out")):
+            manifest = convert_series(SeriesJob("st/se", sources, dest, OPTS))
+            assert manifest["counts"]["converted"] == 3 and manifest["counts"]["failed"] == 1, manifest["instances"]
+            [failed] = [r for r in manifest["instances"] if r["error"]]
+            assert failed["index"] == 3 and failed["error"]["code"] == "missing_source", failed
