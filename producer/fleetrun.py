@@ -99,9 +99,11 @@ def fleet_env(s3: S3Server, name: str | None = None, **settings: object) -> Env:
 class Worker:
     """One ``dicomfleet worker`` process (its own process group, as a pod would be)."""
 
-    def __init__(self, env: Env, concurrency: int = 1, log_dir: str | None = None, **settings: object) -> None:
+    def __init__(self, env: Env, concurrency: int = 1, log_dir: str | None = None, loglevel: str = "INFO",
+                 **settings: object) -> None:
         self.env = {**os.environ, **env, **{f"DICOMFLEET_{k.upper()}": str(v) for k, v in settings.items()}}
         self.concurrency = concurrency
+        self.loglevel = loglevel
         self.log = Path(log_dir or tempfile.gettempdir()) / f"worker-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -109,7 +111,7 @@ class Worker:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from producer.cli import main; main()", "worker",
-                 "--concurrency", str(self.concurrency), "--loglevel", "INFO"],
+                 "--concurrency", str(self.concurrency), "--loglevel", self.loglevel],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_ready()

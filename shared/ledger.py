@@ -112,6 +112,7 @@ class Ledger:
                                      "ended": time.time()})
             pipe.hset(self._job(job_id), "open_deliveries", 0)
             pipe.lpush(self.dead_key, json.dumps(record, sort_keys=True))
+            pipe.expire(self.dead_key, TTL)  # the message names its sources: kept a week, as jobs are
             pipe.execute()
 
     # --- readers -----------------------------------------------------------------------------

@@ -10,12 +10,19 @@
 """
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Exchange, Queue
 
 from shared.settings import Settings
 
 SERIES_TASK = "dicomfleet.convert_series"
+
+# Celery's pool logs every task's arguments at DEBUG ("TaskPool: Apply … (args: …)"), and a
+# series job's arguments hold its sources' paths: a worker at --loglevel DEBUG must not write
+# them. The pool reads its level once, when it starts, after this module is imported.
+logging.getLogger("celery.pool").setLevel(logging.INFO)
 
 
 def transport_options(s: Settings) -> dict:

@@ -264,6 +264,8 @@ def test_poison_job_is_dead_lettered_and_does_not_block_others(fleet_factory, ct
                                 "(DICOMFLEET_MAX_REDELIVERIES=2)")
     (letter,) = fleet.ledger.dead_letters()
     assert letter["job_id"] == poison.job_id and letter["message"]["job_id"] == poison.job_id
+    from shared.ledger import TTL  # the letter names its sources: it expires as job records do
+    assert TTL - 60 < fleet.ledger.redis.ttl(fleet.ledger.dead_key) <= TTL
     failure = json.loads(fleet.objects()[f"{poison.prefix}/failure.json"])
     assert failure["code"] == "dead_letter" and failure["reason"] == record["reason"]
 

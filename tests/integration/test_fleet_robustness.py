@@ -139,3 +139,25 @@ def test_redis_unavailable_for_a_few_seconds_mid_series(own_redis, fleet_factory
     until(lambda: fleet.ledger.redis.hlen(f"{fleet.settings.key_prefix}:unacked") == 0, timeout=30,
           what="the message acked")
     assert fleet.ledger.redis.llen(fleet.settings.queue) == 0
+
+
+def test_source_paths_stay_out_of_message_headers_and_debug_logs(fleet_factory, tmp_path):
+    """Export folders are often named after the patient: the paths travel in the message body
+    (the worker needs them) but not in the headers' argsrepr that Celery shows in events and logs,
+    and a worker at --loglevel DEBUG does not write its tasks' arguments."""
+    import json
+
+    fleet = fleet_factory(broker_url=REDIS, result_backend=REDIS)
+    src = tmp_path / "DOEJANE_19370101"
+    write_series(src, slices=2, size=32, seed=14)
+    run = CliRunner().invoke(app, ["submit", str(src), "--out", fleet.dest])
+    assert run.exit_code == 0, run.output
+    [raw] = fleet.ledger.redis.lrange(fleet.settings.queue, 0, -1)
+    message = json.loads(raw)
+    assert "DOEJANE" not in json.dumps(message["headers"])
+    assert message["headers"]["argsrepr"].endswith(": 2 instances]")
+    worker = fleet.worker(loglevel="DEBUG")
+    until(lambda: fleet.ledger.jobs() and all(j.get("state") == "done" for j in fleet.ledger.jobs().values()), 60)
+    log = worker.log.read_text()
+    assert "TaskPool" not in log and "DOEJANE" not in log
+    assert " ready." in log and "DEBUG" in log  # it did log at DEBUG
