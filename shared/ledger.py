@@ -29,7 +29,7 @@ class Ledger:
         self.settings = settings
         self.kp = settings.key_prefix
         self.redis = client or redis.Redis.from_url(
-            settings.broker_url, socket_timeout=10, socket_connect_timeout=3, decode_responses=True)
+            settings.broker, socket_timeout=10, socket_connect_timeout=3, decode_responses=True)
 
     def _job(self, job_id: str) -> str:
         return f"{self.kp}:job:{job_id}"

@@ -6,6 +6,7 @@ The Helm chart, the docs and the CLI use exactly these names. Secrets (the S3 ke
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .options import env
@@ -41,6 +42,8 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     #: Celery result backend and the fleet's job-state store (status, redelivery counts).
     result_backend: str = "redis://127.0.0.1:6379/0"
+    #: Redis password, put into both URLs above (percent-encoded) unless they carry one already.
+    redis_password: str = ""  # secret: DICOMFLEET_REDIS_PASSWORD or DICOMFLEET_REDIS_PASSWORD_FILE
     #: S3 endpoint as host[:port] (MinIO or any S3); empty means AWS's default endpoint.
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = ""  # secret: DICOMFLEET_S3_ACCESS_KEY or DICOMFLEET_S3_ACCESS_KEY_FILE
@@ -68,7 +71,7 @@ class Settings:
     #: Prometheus Pushgateway URL `dicomfleet submit` pushes its run's metrics to (empty = no push).
     pushgateway_url: str = ""
 
-    SECRETS = ("s3_access_key", "s3_secret_key")
+    SECRETS = ("s3_access_key", "s3_secret_key", "redis_password")
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -86,6 +89,28 @@ class Settings:
             else:
                 values[f.name] = raw.strip()
         return cls(**values)
+
+    @property
+    def broker(self) -> str:
+        """The broker URL as clients take it (`redis_url`)."""
+        return self.redis_url(self.broker_url)
+
+    @property
+    def backend(self) -> str:
+        """The result backend's URL as clients take it (`redis_url`)."""
+        return self.redis_url(self.result_backend)
+
+    def redis_url(self, url: str) -> str:
+        """``url`` with `redis_password` in it, percent-encoded (a managed Redis's token may hold
+        '@', '/' or '#'), where it has none; a ``rediss://`` URL verifies the server's certificate
+        (``ssl_cert_reqs=required``, which Celery's backend insists be said) unless it says otherwise."""
+        parts = urlsplit(url)
+        if self.redis_password and parts.password is None and parts.hostname:
+            netloc = f":{quote(self.redis_password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+            parts = parts._replace(netloc=netloc)
+        if parts.scheme == "rediss" and "ssl_cert_reqs" not in parts.query:
+            parts = parts._replace(query="&".join(filter(None, (parts.query, "ssl_cert_reqs=required"))))
+        return urlunsplit(parts)
 
     @staticmethod
     def env_names() -> list[str]:

@@ -354,3 +354,22 @@ def test_status_exits_as_convert_does(counts, instances_failed, below, code):
 
     report = StatusReport(counts=Counter(counts), instances_failed=instances_failed, below_threshold=below)
     assert report.exit_code == code
+
+
+@pytest.mark.parametrize("url,password,expected", [
+    ("redis://r:6379/0", "", "redis://r:6379/0"),
+    ("redis://r:6379/0", "p@ss/w#rd:1", "redis://:p%40ss%2Fw%23rd%3A1@r:6379/0"),
+    ("rediss://r:6380/2", "pw", "rediss://:pw@r:6380/2?ssl_cert_reqs=required"),
+    ("rediss://:own@r:6380/2?ssl_cert_reqs=none", "pw", "rediss://:own@r:6380/2?ssl_cert_reqs=none"),
+])
+def test_redis_urls_take_the_password_encoded_and_verify_tls(url, password, expected):
+    """The Redis password (a mounted file) goes into the URLs percent-encoded; a TLS URL says
+    ssl_cert_reqs, which Celery's result backend refuses to start without."""
+    from celery import Celery
+
+    from shared.settings import Settings
+
+    s = Settings(broker_url=url, result_backend=url, redis_password=password)
+    assert s.broker == s.backend == expected
+    backend = Celery("t", broker=s.broker, backend=s.backend).backend  # raises on a rediss:// URL without it
+    assert backend.connparams.get("password") == ((password or None) if "own" not in url else "own")

@@ -143,6 +143,8 @@ def test_what_each_values_file_renders(default, production, evaluation):
 def test_env_names_are_exactly_the_settings_the_code_reads(name, request):
     rendered: Rendered = request.getfixturevalue(name)
     expected = set(Settings.env_names()) | {DEID_KEY}
+    if name != "production":  # a Redis without a password: no password file
+        expected.discard("DICOMFLEET_REDIS_PASSWORD")
     containers = rendered.fleet_containers()
     assert containers
     for owner, container in containers.items():
@@ -189,9 +191,13 @@ def test_settings_read_back_from_the_rendered_environment(name, values, request,
     assert s.retry_backoff_max == v["config"]["retryBackoffMax"]
     assert (s.worker_concurrency, s.soft_shutdown_timeout) == (v["worker"]["concurrency"], v["worker"]["softShutdownTimeout"])
     assert s.metrics_port == v["metrics"]["port"]
-    assert s.broker_url == s.result_backend
-    if name == "production":
-        assert s.broker_url == "rediss://:<from dicomfleet-redis>@redis.data.svc.cluster.local:6380/2"
+    assert s.broker_url == s.result_backend and s.broker == s.backend
+    if name == "production":  # the password a file, put into the URL percent-encoded by the code
+        assert s.broker_url == "rediss://redis.data.svc.cluster.local:6380/2"
+        assert s.redis_password == f"dicomfleet-redis/{v['externalRedis']['existingSecretPasswordKey']}"
+        assert s.broker == ("rediss://:dicomfleet-redis%2F" + v["externalRedis"]["existingSecretPasswordKey"]
+                            + "@redis.data.svc.cluster.local:6380/2?ssl_cert_reqs=required")
+        assert "REDIS_PASSWORD" not in env
         assert (s.s3_endpoint, s.s3_secure, s.s3_region) == ("minio.storage.svc.cluster.local:9443", True, "eu-west-1")
         assert (s.s3_access_key, s.s3_secret_key) == ("dicomfleet-s3/access-key", "dicomfleet-s3/secret-key")
         assert open(env[DEID_KEY + "_FILE"]).read() == "dicomfleet-deid/deid-key"
@@ -344,7 +350,7 @@ def test_chart_secret_is_kept_and_existing_secrets_are_referenced(default, produ
     sources = next(v for v in pod["volumes"] if v["name"] == "secrets")["projected"]["sources"]
     refs = {(s["secret"]["name"], i["key"], i["path"]) for s in sources for i in s["secret"]["items"]}
     assert refs == {("dicomfleet-s3", "access-key", "s3-access-key"), ("dicomfleet-s3", "secret-key", "s3-secret-key"),
-                    ("dicomfleet-deid", "deid-key", "deid-key")}
+                    ("dicomfleet-deid", "deid-key", "deid-key"), ("dicomfleet-redis", "password", "redis-password")}
 
 
 # --- producer --------------------------------------------------------------------------------

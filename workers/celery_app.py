@@ -44,8 +44,8 @@ def transport_options(s: Settings) -> dict:
 def celery_config(s: Settings) -> dict:
     options = transport_options(s)
     return {
-        "broker_url": s.broker_url,
-        "result_backend": s.result_backend,
+        "broker_url": s.broker,
+        "result_backend": s.backend,
         "broker_transport_options": options,
         "result_backend_transport_options": {"visibility_timeout": s.visibility_timeout},
         "broker_connection_retry_on_startup": True,

@@ -159,7 +159,7 @@ class QueueCollector:
         if self._client is None:
             import redis
 
-            self._client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=3,
+            self._client = redis.Redis.from_url(self.settings.broker, socket_timeout=3,
                                                 socket_connect_timeout=3, decode_responses=True)
         return self._client
 

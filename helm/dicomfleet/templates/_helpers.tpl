@@ -99,11 +99,11 @@ annotations:
 {{- if .Values.externalRedis.existingSecret -}}{{- .Values.externalRedis.existingSecretPasswordKey -}}{{- else -}}redis-password{{- end -}}
 {{- end -}}
 
-{{/* redis[s]://[:$(REDIS_PASSWORD)@]host:port/db; the password is expanded by the kubelet from the env. */}}
+{{/* redis[s]://host:port/db; the password is a mounted file (DICOMFLEET_REDIS_PASSWORD_FILE) that
+the code puts into the URL percent-encoded, never the pod spec's environment. */}}
 {{- define "dicomfleet.redis.url" -}}
 {{- $scheme := ternary "rediss" "redis" (eq (include "dicomfleet.redis.tls" .) "true") -}}
-{{- $auth := ternary ":$(REDIS_PASSWORD)@" "" (ne (include "dicomfleet.redis.passwordSecret" .) "") -}}
-{{- printf "%s://%s%s:%s/%s" $scheme $auth (include "dicomfleet.redis.host" .) (include "dicomfleet.redis.port" .) (include "dicomfleet.redis.database" .) -}}
+{{- printf "%s://%s:%s/%s" $scheme (include "dicomfleet.redis.host" .) (include "dicomfleet.redis.port" .) (include "dicomfleet.redis.database" .) -}}
 {{- end -}}
 
 {{/* S3: the bundled evaluation MinIO or the external endpoint. */}}
@@ -152,11 +152,8 @@ the Redis URL is composed here; secrets are files named by DICOMFLEET_<NAME>_FIL
 */}}
 {{- define "dicomfleet.env" -}}
 {{- if ne (include "dicomfleet.redis.passwordSecret" .) "" }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "dicomfleet.redis.passwordSecret" . }}
-      key: {{ include "dicomfleet.redis.passwordKey" . }}
+- name: DICOMFLEET_REDIS_PASSWORD_FILE
+  value: {{ include "dicomfleet.secretsDir" . }}/redis-password
 {{- end }}
 - name: DICOMFLEET_BROKER_URL
   value: {{ include "dicomfleet.redis.url" . | quote }}
@@ -195,6 +192,13 @@ the Redis URL is composed here; secrets are files named by DICOMFLEET_<NAME>_FIL
           items:
             - key: {{ ternary .Values.deid.existingSecretKey "deid-key" (ne .Values.deid.existingSecret "") }}
               path: deid-key
+{{- if ne (include "dicomfleet.redis.passwordSecret" .) "" }}
+      - secret:
+          name: {{ include "dicomfleet.redis.passwordSecret" . }}
+          items:
+            - key: {{ include "dicomfleet.redis.passwordKey" . }}
+              path: redis-password
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level restricted security context. */}}
