@@ -135,8 +135,27 @@ def s3_client():
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=3.0, read=30.0), maxsize=16,
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)))
-    return Minio(s.s3_endpoint, access_key=s.s3_access_key or None, secret_key=s.s3_secret_key or None,
-                 secure=s.s3_secure, region=s.s3_region or None, http_client=http)
+    endpoint, secure, credentials = s3_endpoint(s)
+    return Minio(endpoint, access_key=s.s3_access_key or None, secret_key=s.s3_secret_key or None,
+                 secure=secure, region=s.s3_region or None, http_client=http, credentials=credentials)
+
+
+#: the endpoint an empty DICOMFLEET_S3_ENDPOINT names
+AWS_ENDPOINT = "s3.amazonaws.com"
+
+
+def s3_endpoint(s) -> tuple[str, bool, object | None]:
+    """(endpoint, TLS, credentials provider) for the settings ``s``. An empty endpoint is AWS's,
+    always over TLS; there, without keys, the pod's own AWS identity (IRSA's web identity token,
+    the instance's role) signs the requests, as AWS's SDKs do (minio's IamAwsProvider)."""
+    endpoint = s.s3_endpoint.strip() or AWS_ENDPOINT
+    aws = endpoint == AWS_ENDPOINT or endpoint.endswith(".amazonaws.com")
+    credentials = None
+    if aws and not (s.s3_access_key and s.s3_secret_key):
+        from minio.credentials import IamAwsProvider
+
+        credentials = IamAwsProvider()
+    return endpoint, s.s3_secure or not s.s3_endpoint.strip(), credentials
 
 
 # A forked process (a worker's pool) must not share the parent's HTTP connections.

@@ -56,3 +56,18 @@ def test_a_write_that_fails_says_which_key_and_cleans_up(tmp_path):
     with pytest.raises(StorageError, match=r"^cannot write file/x.png: Not a directory$"):
         LocalStore(tmp_path).write("file/x.png", b"x")
     assert list(tmp_path.glob("**/.tmp-*")) == []
+
+
+def test_an_empty_s3_endpoint_is_aws_over_tls_signed_by_the_pods_identity():
+    """The chart's default s3.endpoint "" names AWS's endpoint (it reached Minio as an empty host);
+    without keys there the pod's AWS identity signs (IRSA, the instance role)."""
+    from minio.credentials import IamAwsProvider
+
+    from shared.settings import Settings
+    from shared.store import s3_endpoint
+
+    endpoint, secure, credentials = s3_endpoint(Settings(s3_endpoint="", s3_secure=False))
+    assert (endpoint, secure) == ("s3.amazonaws.com", True) and isinstance(credentials, IamAwsProvider)
+    keyed = Settings(s3_endpoint="", s3_access_key="AKIA", s3_secret_key="x")
+    assert s3_endpoint(keyed)[2] is None  # keys given: they sign
+    assert s3_endpoint(Settings(s3_endpoint="minio:9000", s3_secure=False)) == ("minio:9000", False, None)
