@@ -7,6 +7,7 @@ at the target is complete is skipped, and one already queued or running is not q
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -86,6 +87,9 @@ def submit(sources: list[str], dest: str, opts: ConvertOptions, *, priority: str
 
     started = time.perf_counter()
     s = settings or Settings.from_env()
+    # a worker resolves a relative path in its own directory: local paths travel absolute
+    sources = [src if is_s3(src) else os.path.abspath(src) for src in sources]
+    dest = dest if is_s3(dest) else os.path.abspath(dest)
     store = open_store(dest)
     with ExitStack() as stack:
         map_fn: MapFn = map

@@ -161,3 +161,19 @@ def test_source_paths_stay_out_of_message_headers_and_debug_logs(fleet_factory, 
     log = worker.log.read_text()
     assert "TaskPool" not in log and "DOEJANE" not in log
     assert " ready." in log and "DEBUG" in log  # it did log at DEBUG
+
+
+def test_submit_sends_local_paths_absolute(fleet_factory, tmp_path, monkeypatch):
+    """`submit in --out out` from a working directory: the worker runs elsewhere, so the
+    message holds absolute paths and the series converts where the user meant."""
+    import json
+
+    fleet = fleet_factory(broker_url=REDIS, result_backend=REDIS)
+    write_series(tmp_path / "in", slices=2, size=32, seed=15)
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke(app, ["submit", "in", "--out", "out", "--no-deid"])
+    assert run.exit_code == 0, run.output
+    [raw] = fleet.ledger.redis.lrange(fleet.settings.queue, 0, -1)
+    [body] = json.loads(__import__("base64").b64decode(json.loads(raw)["body"]))[0]
+    assert body["dest"] == str(tmp_path / "out")
+    assert all(src.startswith(str(tmp_path / "in") + "/") for src in body["sources"])
