@@ -397,7 +397,7 @@ def test_alerts_cover_failures_queue_age_latency_and_workers_with_exported_metri
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(rules) == {"DicomfleetHighFailureRate", "DicomfleetRealtimeQueueStuck", "DicomfleetQueueBacklogOld",
                           "DicomfleetSeriesLatencyHigh", "DicomfleetWorkerDown", "DicomfleetNoWorkers",
-                          "DicomfleetDeadLetters"}
+                          "DicomfleetBrokerDown", "DicomfleetDeadLetters"}
     for name, r in rules.items():
         assert metric_names(r["expr"]) <= exported, name
         assert f'job="{FULLNAME}-worker"' in r["expr"] and f'namespace="{NAMESPACE}"' in r["expr"]
@@ -406,6 +406,7 @@ def test_alerts_cover_failures_queue_age_latency_and_workers_with_exported_metri
     assert 'queue="dicomfleet.high"' in rules["DicomfleetRealtimeQueueStuck"]["expr"]
     assert "histogram_quantile(0.95" in rules["DicomfleetSeriesLatencyHigh"]["expr"]
     assert "keda_scaler_metrics_value" in rules["DicomfleetNoWorkers"]["expr"]  # scaled to zero is not "down"
+    assert rules["DicomfleetBrokerDown"]["expr"].startswith("max(dicomfleet_broker_up{")  # no other rule sees it
     runbook = (ROOT / "docs" / "operations.md").read_text()
     for name in rules:
         assert f"### {name}" in runbook
@@ -464,3 +465,24 @@ def test_every_value_has_a_param_and_the_readme_lists_them():
     assert set(params) == values
     readme = (CHART / "README.md").read_text()
     assert set(re.findall(r"^\| `([^`]+)`", readme, flags=re.M)) == values
+
+
+def test_keda_reaches_the_bundled_redis_and_takes_over_the_hpa_and_monitors_scrape_unready_workers():
+    """KEDA's operator resolves names in its own namespace; a chart switched from its HPA to KEDA
+    hands the HPA over; workers in warm shutdown (not ready) are still scraped."""
+    rendered = Rendered(EVALUATION)
+    scaled = rendered.get("ScaledObject", f"{FULLNAME}-worker")
+    assert {t["metadata"]["address"] for t in scaled["spec"]["triggers"]} == {f"{FULLNAME}-redis.{NAMESPACE}.svc:6379"}
+    assert scaled["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["name"] == f"{FULLNAME}-worker"
+    assert rendered.get("Service", f"{FULLNAME}-worker-metrics")["spec"]["publishNotReadyAddresses"] is True
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"worker": {"softShutdownTimeout": 3600}, "config": {"visibilityTimeout": 3600}},
+     "must be shorter than config.visibilityTimeout"),
+    ({"metrics": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}}, "enable one"),
+])
+def test_settings_that_cannot_work_together_fail_the_render(values, message):
+    with pytest.raises(Exception, match=message):
+        render_raw(merge(DEFAULT, values))
