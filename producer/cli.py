@@ -44,7 +44,7 @@ class _Group(_WholeLine, click.Group):
         return list(self.commands)  # in the order they are defined here, not sorted
 
 
-app = _Group(help="Convert DICOM series to PNG, JPEG, TIFF and NumPy, verified, with a manifest.",
+app = _Group(help="Convert DICOM series to PNG, 16-bit PNG, JPEG, TIFF, NumPy and PDF reports, verified, with a manifest.",
              no_args_is_help=True, context_settings={"show_default": True})
 
 
@@ -179,7 +179,7 @@ conversion_flags = _stack(
     click.option("--qa-sheet", is_flag=True, help=(
         "Write side-by-side QA PNGs (reference, output, difference, SSIM) for a sample of each series.")),
     _option("--qa-fraction", type=float, default=0.01, envvar="DICOMFLEET_QA_FRACTION",
-            help="Fraction of each series with a QA sheet (at least one)."),
+            help="Fraction (0, 1] of each series with a QA sheet (at least one)."),
     _option("--ssim-threshold", type=float, default=0.98, envvar="DICOMFLEET_SSIM_THRESHOLD",
             help="Flag JPEG outputs whose SSIM against the rendering is below this (exit status 3)."),
 )
@@ -200,7 +200,12 @@ def conversion_options(*, fmt, no_deid: bool, deid_option, mask_region, slices, 
 @_option("--pseudonym-map", envvar="DICOMFLEET_PSEUDONYM_MAP",
          help="Append original→pseudonym pairs, encrypted with DICOMFLEET_PSEUDONYM_MAP_KEY, to FILE.")
 def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str | None, **flags) -> None:
-    """Convert DICOM series on this machine: no servers needed."""
+    """Convert DICOM series on this machine: no servers needed.
+
+    De-identification is on unless --no-deid: its key comes from DICOMFLEET_DEID_KEY or
+    DICOMFLEET_DEID_KEY_FILE, else one is created once in ~/.config/dicomfleet. Exit status: 0
+    all converted, 1 some instance, series output or file failed, 2 usage or configuration, 3 some
+    JPEG below the SSIM threshold."""
     from shared.quiet import silence_in_this_process
     from shared.runtime import import_pydicom_lean, imports_without_gc
 

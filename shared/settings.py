@@ -61,7 +61,7 @@ class Settings:
     worker_concurrency: int = 0
     #: Seconds a worker on SIGTERM keeps working on the job in hand before returning it to the queue.
     soft_shutdown_timeout: float = 60.0
-    #: Deliveries of one job (counted in Redis) after which it is parked as dead-letter.
+    #: Redeliveries of a job whose worker died under it (counted in Redis); one more death parks it.
     max_redeliveries: int = 3
     #: Retries of a transient fault (S3/Redis unreachable) with exponential backoff and jitter.
     max_retries: int = 8
