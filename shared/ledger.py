@@ -38,6 +38,13 @@ class Ledger:
     def dead_key(self) -> str:
         return f"{self.kp}:dead"
 
+    @property
+    def running_key(self) -> str:
+        """A list of the jobs a worker holds (running, or waiting out a retry's countdown), each
+        once: the queues' lists count only jobs not yet taken, and an autoscaler that saw those
+        alone would scale busy workers away (KEDA reads this list's length as a third trigger)."""
+        return f"{self.kp}:running"
+
     @contextmanager
     def _pipe(self) -> Iterator:
         import redis
@@ -72,16 +79,24 @@ class Ledger:
             pipe.hincrby(self._job(job_id), "deliveries", 1)
             self._set(pipe, job_id, {"state": "running", "worker": worker, "started": time.time()})
             pipe.zadd(f"{self.kp}:jobs", {job_id: time.time()}, nx=True)
+            pipe.lrem(self.running_key, 0, job_id)  # a redelivery after a crash: listed once
+            pipe.lpush(self.running_key, job_id)
+            pipe.expire(self.running_key, TTL)
             open_deliveries, *_ = pipe.execute()
         return int(open_deliveries)
 
-    def _end(self, job_id: str, fields: dict, *, clean: bool, terminal: bool) -> None:
+    def _end(self, job_id: str, fields: dict, *, clean: bool, terminal: bool, held: bool = False) -> None:
+        """Record how a delivery ended; unless a worker still ``held`` the job (a retry's countdown
+        runs in the worker), it leaves the running list: done, failed, or back in its queue. A job
+        whose whole worker died stays listed until its redelivery ends: it is in flight."""
         with self._pipe() as pipe:
             self._set(pipe, job_id, {**fields, "ended": time.time()})
             if terminal:  # finished one way or another: what crashed before was not poison enough
                 pipe.hset(self._job(job_id), "open_deliveries", 0)
             elif clean:  # a hand-back (retry, shutdown) is not a crash
                 pipe.hincrby(self._job(job_id), "open_deliveries", -1)
+            if not held:
+                pipe.lrem(self.running_key, 0, job_id)
             pipe.execute()
 
     def done(self, job_id: str, counts: dict, failures: list[str]) -> None:
@@ -90,7 +105,7 @@ class Ledger:
 
     def retrying(self, job_id: str, reason: str, attempt: int, countdown: float) -> None:
         self._end(job_id, {"state": "retrying", "reason": reason, "attempts": attempt,
-                           "countdown": round(countdown, 2)}, clean=True, terminal=False)
+                           "countdown": round(countdown, 2)}, clean=True, terminal=False, held=True)
 
     def requeued(self, job_id: str, reason: str) -> None:
         """Handed back unfinished on shutdown: queued again, not counted as a crash."""
@@ -112,6 +127,7 @@ class Ledger:
                                      "ended": time.time()})
             pipe.hset(self._job(job_id), "open_deliveries", 0)
             pipe.lpush(self.dead_key, json.dumps(record, sort_keys=True))
+            pipe.lrem(self.running_key, 0, job_id)
             pipe.expire(self.dead_key, TTL)  # the message names its sources: kept a week, as jobs are
             pipe.execute()
 

@@ -229,10 +229,14 @@ def test_keda_scales_on_the_queues_the_workers_consume_high_priority_first(produ
     scaled = production.get("ScaledObject", f"{FULLNAME}-worker")
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == f"{FULLNAME}-worker"
-    triggers = spec["triggers"]
+    *triggers, held = spec["triggers"]
     assert [t["type"] for t in triggers] == ["redis", "redis"]
     assert [t["metadata"]["listName"] for t in triggers] == worker_queues(production) == ["dicomfleet.high", "dicomfleet"]
     high, batch = (t["metadata"] for t in triggers)
+    # the jobs workers hold, one pod each: busy workers are never scaled away
+    assert (held["name"], held["metadata"]["listName"], held["metadata"]["listLength"]) == (
+        "in-flight", "dicomfleet:running", "1")  # Ledger.running_key under the default key prefix
+    triggers.append(held)
     assert int(high["listLength"]) < int(batch["listLength"]) and high["activationListLength"] == "0"
     for t in triggers:
         assert t["metadata"]["address"] == "redis.data.svc.cluster.local:6380"
@@ -244,7 +248,7 @@ def test_keda_scales_on_the_queues_the_workers_consume_high_priority_first(produ
     renamed = Rendered(merge(PRODUCTION, {"config": {"queue": "nightly", "queueHigh": "stat"},
                                           "autoscaling": {"scaleToZero": False, "minReplicas": 2}}))
     spec = renamed.get("ScaledObject", f"{FULLNAME}-worker")["spec"]
-    assert [t["metadata"]["listName"] for t in spec["triggers"]] == worker_queues(renamed) == ["stat", "nightly"]
+    assert [t["metadata"]["listName"] for t in spec["triggers"][:2]] == worker_queues(renamed) == ["stat", "nightly"]
     assert spec["minReplicaCount"] == 2
     assert "replicas" not in production.get("Deployment", f"{FULLNAME}-worker")["spec"]
 

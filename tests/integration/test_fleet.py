@@ -208,12 +208,17 @@ def test_worker_killed_mid_series_another_finishes_identically(fleet_factory, ct
     client = fleet.s3.client()
     until(lambda: sum(1 for _ in client.list_objects(fleet.bucket, prefix="out/", recursive=True)) >= 20,
           what="the first outputs")
+    assert fleet.ledger.redis.lrange(fleet.ledger.running_key, 0, -1) == [job.job_id]  # held: KEDA keeps its pod
+    assert fleet.ledger.redis.llen(fleet.settings.queue) == 0
     first.kill()
     assert fleet.ledger.get(job.job_id)["state"] == "running"
     assert not any(k.endswith("manifest.json") for k in fleet.objects())
+    # the dead worker's job is still in flight (unacked until the visibility timeout): listed
+    assert fleet.ledger.redis.lrange(fleet.ledger.running_key, 0, -1) == [job.job_id]
     fleet.worker()
     (record,) = wait([job.job_id], timeout=60).values()
     assert record["state"] == "done" and record["deliveries"] == 2
+    assert fleet.ledger.redis.llen(fleet.ledger.running_key) == 0  # listed once, gone when done
 
     objects = fleet.objects()
     (manifest,) = check_against_manifests(objects)
@@ -291,6 +296,7 @@ def test_sigterm_hands_the_job_back_after_the_soft_shutdown_timeout(fleet_factor
     assert record["state"] == "queued" and "soft-shutdown timeout" in record["reason"]
     assert record["open_deliveries"] == 0
     assert fleet.ledger.redis.llen(fleet.settings.queue) == 1
+    assert fleet.ledger.redis.llen(fleet.ledger.running_key) == 0  # back in its queue: counted there
     fleet.worker()
     (record,) = wait([job.job_id], timeout=60).values()
     assert record["state"] == "done" and record["deliveries"] == 2
