@@ -370,6 +370,11 @@ def test_producer_cronjob_and_job_run_submit_with_options_the_cli_has(production
     job = evaluation.get("Job", f"{FULLNAME}-producer-1")  # one per release revision
     for argv in (args, job["spec"]["template"]["spec"]["containers"][0]["args"]):
         assert {a for a in argv if a.startswith("--")} <= flags
+    # submit's verdicts (1, 3) end the Job at once; 2 (Redis or S3 not answering yet) is retried
+    for spec in (cron["spec"]["jobTemplate"]["spec"], job["spec"]):
+        [rule] = spec["podFailurePolicy"]["rules"]
+        assert rule == {"action": "FailJob", "onExitCodes": {"containerName": "producer", "operator": "In",
+                                                               "values": [1, 3]}}
     high = Rendered(merge(EVALUATION, {"producer": {"priority": "high"}}))
     hargs = high.get("Job", f"{FULLNAME}-producer-1")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert hargs[hargs.index("--priority") + 1] == "high"

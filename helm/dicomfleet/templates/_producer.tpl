@@ -59,3 +59,15 @@ labels:
 annotations:
   {{- include "dicomfleet.checksums" . | nindent 2 }}
 {{- end -}}
+
+{{/* submit's own verdicts end the Job: 1 (a file it could not read, a job that failed) and 3 (JPEGs
+below the SSIM threshold) come back the same on a retry; 2 may be Redis or S3 not answering yet. */}}
+{{- define "dicomfleet.producer.failurePolicy" -}}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: producer
+        operator: In
+        values: [1, 3]
+{{- end -}}
