@@ -495,3 +495,14 @@ def test_keda_reaches_the_bundled_redis_and_takes_over_the_hpa_and_monitors_scra
 def test_settings_that_cannot_work_together_fail_the_render(values, message):
     with pytest.raises(Exception, match=message):
         render_raw(merge(DEFAULT, values))
+
+
+def test_common_annotations_reach_every_object():
+    """values.yaml promises commonAnnotations on every object (the MinIO bucket Job, a hook with
+    annotations of its own, merges them)."""
+    rendered = Rendered(merge(EVALUATION, {"commonAnnotations": {"team": "imaging"},
+                                           "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                                       "dashboard": {"enabled": True}}}))
+    missing = [key for key, obj in rendered.objects.items()
+               if (obj["metadata"].get("annotations") or {}).get("team") != "imaging"]
+    assert missing == []
