@@ -506,3 +506,14 @@ def test_common_annotations_reach_every_object():
     missing = [key for key, obj in rendered.objects.items()
                if (obj["metadata"].get("annotations") or {}).get("team") != "imaging"]
     assert missing == []
+
+
+def test_disk_scratch_is_requested_as_ephemeral_storage(default):
+    worker = default.get("Deployment", f"{FULLNAME}-worker")["spec"]["template"]["spec"]["containers"][0]
+    v = yaml.safe_load((CHART / "values.yaml").read_text())["worker"]
+    assert worker["resources"]["requests"]["ephemeral-storage"] == v["scratch"]["sizeLimit"]
+    assert worker["resources"]["limits"]["ephemeral-storage"] == v["scratch"]["sizeLimit"]
+    assert worker["resources"]["requests"]["cpu"] == v["resources"]["requests"]["cpu"]  # the rest kept
+    tmpfs = Rendered(merge(DEFAULT, {"worker": {"scratch": {"medium": "Memory"}}}))
+    container = tmpfs.get("Deployment", f"{FULLNAME}-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert "ephemeral-storage" not in container["resources"]["requests"]  # counted as memory

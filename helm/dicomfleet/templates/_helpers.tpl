@@ -255,3 +255,16 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha25
   sourceLabels: [__meta_kubernetes_pod_name]
   targetLabel: pod
 {{- end -}}
+
+{{/* A container's resources with its disk scratch (an emptyDir on the node's disk) requested and
+limited as ephemeral-storage, unless the values set it: the scheduler counts it, and a node under
+disk pressure evicts what asked for none first. A Memory scratch counts against memory instead. */}}
+{{- define "dicomfleet.withScratch" -}}
+{{- $res := deepCopy (default (dict) .resources) -}}
+{{- if not .scratch.medium -}}
+{{- $size := dict "ephemeral-storage" (toString .scratch.sizeLimit) -}}
+{{- $_ := set $res "requests" (merge (deepCopy (default (dict) $res.requests)) $size) -}}
+{{- $_ := set $res "limits" (merge (deepCopy (default (dict) $res.limits)) (deepCopy $size)) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}

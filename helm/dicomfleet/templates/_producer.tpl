@@ -32,7 +32,7 @@ containers:
     env:
       {{- include "dicomfleet.env" . | nindent 6 }}
     resources:
-      {{- toYaml .Values.producer.resources | nindent 6 }}
+      {{- include "dicomfleet.withScratch" (dict "resources" .Values.producer.resources "scratch" (dict "sizeLimit" "1Gi" "medium" "")) | nindent 6 }}
     {{- include "dicomfleet.containerSecurityContext" . | nindent 4 }}
     volumeMounts:
       - name: scratch
