@@ -517,3 +517,16 @@ def test_disk_scratch_is_requested_as_ephemeral_storage(default):
     tmpfs = Rendered(merge(DEFAULT, {"worker": {"scratch": {"medium": "Memory"}}}))
     container = tmpfs.get("Deployment", f"{FULLNAME}-worker")["spec"]["template"]["spec"]["containers"][0]
     assert "ephemeral-storage" not in container["resources"]["requests"]  # counted as memory
+
+
+def test_a_long_release_name_gives_valid_object_names():
+    """Kubernetes refuses names over 63 characters, and CronJob names over 52 (it appends 11 to
+    the Jobs it makes): suffixes such as -worker-metrics must fit after any release name."""
+    with helm.Chart.load(CHART) as chart:
+        raw = chart.render(merge(EVALUATION, {"producer": {"cronJob": {"enabled": True, "schedule": "0 1 * * *"}},
+                                              "metrics": {"serviceMonitor": {"enabled": True}}}),
+                           name="r" * 60, namespace=NAMESPACE, is_install=True)
+    names = {(doc["kind"], doc["metadata"]["name"]) for path, text in raw.items() if not path.endswith("NOTES.txt")
+             for doc in yaml.safe_load_all(text) if doc}
+    assert ("CronJob", "r" * 43 + "-producer") in names
+    assert all(len(name) <= (52 if kind == "CronJob" else 63) for kind, name in names), sorted(names)
