@@ -530,3 +530,12 @@ def test_a_long_release_name_gives_valid_object_names():
              for doc in yaml.safe_load_all(text) if doc}
     assert ("CronJob", "r" * 43 + "-producer") in names
     assert all(len(name) <= (52 if kind == "CronJob" else 63) for kind, name in names), sorted(names)
+
+
+def test_the_network_policy_lets_the_producer_push_to_its_pushgateway():
+    rendered = Rendered(merge(EVALUATION, {"metrics": {"pushgatewayUrl": "http://pushgateway.monitoring:9091"}}))
+    policy = rendered.get("NetworkPolicy", FULLNAME)
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+    assert 9091 in ports
+    assert 9091 not in [p["port"] for rule in Rendered(EVALUATION).get("NetworkPolicy", FULLNAME)["spec"]["egress"]
+                        for p in rule.get("ports", [])]
