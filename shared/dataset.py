@@ -622,8 +622,8 @@ def check_codestreams(ds: Dataset, frames: int, rows: int, cols: int, spp: int, 
 def _sop_class_name(ds: Dataset) -> str:
     """The SOP class's name in the dictionary, else its UID, else "unknown" (a value that is no
     UID — a corrupt or misused element's text — is not repeated)."""
-    uid = str(ds.get("SOPClassUID") or "").strip()
-    name = getattr(ds.get("SOPClassUID"), "name", "")
+    sop_class = ds.get("SOPClassUID")
+    uid, name = str(sop_class or "").strip(), getattr(sop_class, "name", "")
     if name and name != uid:
         return name
     return uid if is_uid_text(uid) else "unknown"
