@@ -406,7 +406,7 @@ def test_alerts_cover_failures_queue_age_latency_and_workers_with_exported_metri
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(rules) == {"DicomfleetHighFailureRate", "DicomfleetRealtimeQueueStuck", "DicomfleetQueueBacklogOld",
                           "DicomfleetSeriesLatencyHigh", "DicomfleetWorkerDown", "DicomfleetNoWorkers",
-                          "DicomfleetBrokerDown", "DicomfleetDeadLetters"}
+                          "DicomfleetBrokerDown", "DicomfleetMixedBuilds", "DicomfleetDeadLetters"}
     for name, r in rules.items():
         assert metric_names(r["expr"]) <= exported, name
         assert f'job="{FULLNAME}-worker"' in r["expr"] and f'namespace="{NAMESPACE}"' in r["expr"]
@@ -416,6 +416,7 @@ def test_alerts_cover_failures_queue_age_latency_and_workers_with_exported_metri
     assert "histogram_quantile(0.95" in rules["DicomfleetSeriesLatencyHigh"]["expr"]
     assert "keda_scaler_metrics_value" in rules["DicomfleetNoWorkers"]["expr"]  # scaled to zero is not "down"
     assert rules["DicomfleetBrokerDown"]["expr"].startswith("max(dicomfleet_broker_up{")  # no other rule sees it
+    assert "count by (deflate) (dicomfleet_build_info{" in rules["DicomfleetMixedBuilds"]["expr"]
     runbook = (ROOT / "docs" / "operations.md").read_text()
     for name in rules:
         assert f"### {name}" in runbook
