@@ -540,3 +540,14 @@ def test_the_network_policy_lets_the_producer_push_to_its_pushgateway():
     assert 9091 in ports
     assert 9091 not in [p["port"] for rule in Rendered(EVALUATION).get("NetworkPolicy", FULLNAME)["spec"]["egress"]
                         for p in rule.get("ports", [])]
+
+
+def test_the_producer_pod_schedules_as_the_workers_can():
+    extra = {"nodeSelector": {"pool": "batch"}, "tolerations": [{"key": "batch", "operator": "Exists"}],
+             "affinity": {"nodeAffinity": {}}, "priorityClassName": "low", "podLabels": {"team": "imaging"},
+             "podAnnotations": {"note": "nightly"}}
+    rendered = Rendered(merge(EVALUATION, {"producer": extra}))
+    pod = rendered.get("Job", f"{FULLNAME}-producer-1")["spec"]["template"]
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert pod["spec"][key] == extra[key], key
+    assert pod["metadata"]["labels"]["team"] == "imaging" and pod["metadata"]["annotations"]["note"] == "nightly"

@@ -3,6 +3,21 @@
 serviceAccountName: {{ include "dicomfleet.serviceAccountName" . }}
 automountServiceAccountToken: false
 restartPolicy: Never
+{{- with .Values.producer.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.producer.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.producer.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.producer.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with .Values.image.pullSecrets }}
 imagePullSecrets:
   {{- range . }}
@@ -56,8 +71,14 @@ volumes:
 {{- define "dicomfleet.producer.podMetadata" -}}
 labels:
   {{- include "dicomfleet.labels" (dict "ctx" $ "component" "producer") | nindent 2 }}
+  {{- with .Values.producer.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 annotations:
   {{- include "dicomfleet.checksums" . | nindent 2 }}
+  {{- with .Values.producer.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* submit's own verdicts end the Job: 1 (a file it could not read, a job that failed) and 3 (JPEGs
