@@ -551,3 +551,10 @@ def test_the_producer_pod_schedules_as_the_workers_can():
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
         assert pod["spec"][key] == extra[key], key
     assert pod["metadata"]["labels"]["team"] == "imaging" and pod["metadata"]["annotations"]["note"] == "nightly"
+
+
+def test_runbook_links_follow_the_base_url():
+    base = "https://git.example.org/imaging/dicomfleet/blob/main/docs/operations.md"
+    rendered = Rendered(merge(PRODUCTION, {"metrics": {"prometheusRule": {"runbookBaseUrl": base}}}))
+    rules = [r for g in rendered.get("PrometheusRule", FULLNAME)["spec"]["groups"] for r in g["rules"]]
+    assert {r["annotations"]["runbook_url"] for r in rules} == {f"{base}#{r['alert'].lower()}" for r in rules}
