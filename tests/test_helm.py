@@ -300,8 +300,8 @@ def test_every_pod_is_restricted_non_root_with_read_only_root_and_resources(name
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, owner
             assert sc["capabilities"]["drop"] == ["ALL"], owner
+            assert c["resources"]["requests"] and c["resources"]["limits"], owner  # a ResourceQuota needs them
             if c["name"] in ("worker", "producer"):
-                assert c["resources"]["requests"] and c["resources"]["limits"], owner
                 scratch = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
                 assert "emptyDir" in volumes[scratch["name"]], owner
                 env = rendered.environment(c)
