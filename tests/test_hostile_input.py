@@ -400,3 +400,39 @@ def test_the_command_shows_no_library_warning(tmp_path):
     assert "Warning" not in said and "warn" not in said, said
     assert "1 converted" in said and "(0028,1053) Rescale Slope" in said, said
     assert len(said.strip().splitlines()) == 2  # the summary and the one failure
+
+
+def _j2k_codestream(side: int) -> bytes:
+    """A minimal JPEG 2000 codestream of one side × side component (SOC, SIZ, COD, QCD, a tile)."""
+    siz = struct.pack(">HHIIIIIIIIH", 41, 0, side, side, 0, 0, side, side, 0, 0, 1) + bytes([7, 1, 1])
+    cod = struct.pack(">HBBHBBBBBB", 12, 0, 0, 1, 0, 0, 4, 4, 0, 1)
+    sot = struct.pack(">HHIBB", 10, 0, 12 + 2 + 1, 0, 1)
+    return (b"\xff\x4f\xff\x51" + siz + b"\xff\x52" + cod + b"\xff\x5c" + struct.pack(">HBB", 4, 0x40, 0x40)
+            + b"\xff\x90" + sot + b"\xff\x93" + b"\x00" + b"\xff\xd9")
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def test_a_jp2_wrapped_frame_is_sized_by_the_codestream_the_decoder_reads():
+    """A JP2-wrapped frame with a 64 × 64 decoy codestream in an xml box before the real 16000 ×
+    16000 one: OpenJPEG reads the jp2c box and allocated 1.3 GB from a 990-byte file while the
+    size check read the decoy. The check now reads what the decoder reads."""
+    from shared.codestream import j2k_size
+
+    real, decoy = _j2k_codestream(16000), _j2k_codestream(64)
+    jp2 = (_box(b"jP  ", b"\r\n\x87\n") + _box(b"ftyp", b"jp2 \0\0\0\0jp2 ")
+           + _box(b"xml ", decoy) + _box(b"jp2c", real))
+    assert j2k_size(jp2) == (16000, 16000, 1) and j2k_size(decoy) == (64, 64, 1)
+    assert j2k_size(b"junk" + decoy) is None  # a codestream starts its frame, or is boxed
+    ds = pydicom.dcmread(bundled("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 Lossless
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = encapsulate([jp2])
+    ds["PixelData"].VR = "OB"
+    err_type, reason = refuse(ds)
+    assert err_type is InvalidDicomError
+    assert "frame 1: the JPEG 2000 codestream declares 16000 × 16000 × 1" in reason
