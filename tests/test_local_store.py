@@ -71,3 +71,30 @@ def test_an_empty_s3_endpoint_is_aws_over_tls_signed_by_the_pods_identity():
     keyed = Settings(s3_endpoint="", s3_access_key="AKIA", s3_secret_key="x")
     assert s3_endpoint(keyed)[2] is None  # keys given: they sign
     assert s3_endpoint(Settings(s3_endpoint="minio:9000", s3_secure=False)) == ("minio:9000", False, None)
+
+
+def test_writes_follow_no_symlink_planted_in_the_destination(tmp_path):
+    """A destination others may write to (a shared volume): a link at this writer's temp name is
+    removed, not written through; a series directory that links outside is refused."""
+    import os
+    import threading
+
+    from shared.errors import ConfigError
+    from shared.store import LocalStore
+
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    (dest / "st").mkdir(parents=True)
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("keep me")
+    store = LocalStore(dest)
+    (dest / "st" / "se").mkdir()
+    tmp = dest / "st" / "se" / f".tmp-0001.png.{os.getpid()}.{threading.get_ident()}"
+    tmp.symlink_to(victim)
+    store.write("st/se/0001.png", b"OUTPUT")
+    assert victim.read_text() == "keep me" and (dest / "st" / "se" / "0001.png").read_bytes() == b"OUTPUT"
+    assert not tmp.exists() and not tmp.is_symlink()
+    (dest / "st" / "away").symlink_to(outside)
+    with pytest.raises(ConfigError, match="resolves outside the destination"):
+        store.write("st/away/manifest.json", b"{}")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
