@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .chain import SeriesJob
 from .errors import ConfigError
-from .manifest import build_manifest, manifest_key
+from .manifest import build_manifest, manifest_key, recorded_parameters
 from .options import ConvertOptions
 
 SCHEMA = 1
@@ -63,8 +63,10 @@ class SeriesMessage:
         priority = data.get("priority", "normal")
         if priority not in PRIORITIES:
             raise ConfigError(f"job message priority {priority!r} is not one of {PRIORITIES}")
-        return cls(data["job_id"], prefix, data["dest"], tuple(sources),
-                   ConvertOptions.from_json(data.get("options", {})), priority)
+        options = ConvertOptions.from_json(data.get("options", {}))
+        if options.pseudonym_map:  # a local file of the machine that ran `convert`: never a worker's
+            raise ConfigError("job message asks for a pseudonym map, which only `convert` writes")
+        return cls(data["job_id"], prefix, data["dest"], tuple(sources), options, priority)
 
     def series_job(self) -> SeriesJob:
         """The chain's own job: the worker runs exactly what `convert` runs."""
@@ -88,7 +90,7 @@ def failure_record(message: SeriesMessage, code: str, reason: str, deliveries: i
     """The failure record written to the bucket: job id, reason and parameters, no PHI."""
     doc = {"schema": SCHEMA, "job_id": message.job_id, "series": message.prefix, "code": code,
            "reason": reason, "deliveries": deliveries, "instances": len(message.sources),
-           "parameters": message.options.to_json()}
+           "parameters": recorded_parameters(message.options)}
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -70,6 +70,12 @@ def manifest_key(prefix: str) -> str:
     return f"{prefix.rstrip('/')}/manifest.json"
 
 
+def recorded_parameters(opts: ConvertOptions) -> dict:
+    """The options as manifests and failure records keep them: the pseudonym map's file name is
+    the user's choice and may say anything, so only its use is recorded (`deidentification`)."""
+    return {k: v for k, v in opts.to_json().items() if k != "pseudonym_map"}
+
+
 def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions,
                    series: tuple[list[dict], list[dict]] | None = None) -> dict:
     """``series``: the series outputs and their errors (shared/series.py), when any were asked for."""
@@ -83,8 +89,7 @@ def build_manifest(prefix: str, records: list[dict], opts: ConvertOptions,
         "schema": SCHEMA,
         "software": {"name": "dicomfleet", "version": __version__},
         "series": prefix,
-        # the map's file name is the user's choice and may say anything: only its use is recorded
-        "parameters": {k: v for k, v in opts.to_json().items() if k != "pseudonym_map"},
+        "parameters": recorded_parameters(opts),
         "deidentified": opts.deid,
         "deidentification": _deidentification(opts),
         "counts": {
