@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .attributes import value_of
-from .dataset import decode_pixels, read_dataset
+from .dataset import decode_pixels, read_dataset, source_limit
 from . import digest
 from . import deid as deidentification  # light: the step itself loads on first use
 from .deid.burned_in import Region, mask_regions
@@ -24,7 +24,7 @@ from .encode import encode_jpeg, encode_npy, encode_png, encode_tiff, to_png16
 from .errors import PixelBudgetError, Transient, failure
 from .manifest import build_manifest, manifest_bytes, manifest_key, without_timings
 from .metadata import embedded_fields, jpeg_with_metadata, png_chunks, tiff_tags
-from .options import ConvertOptions, Format
+from .options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
 from .pixels import apply_modality_lut, render_8bit
 from .pixels.orientation import Display, plan_display
 from .pixels.render import is_colour
@@ -210,7 +210,8 @@ def fetch_groups(tasks: list[dict]) -> Iterator[list[tuple[dict, Fetched]]]:
         source = Fetched()
         started = time.perf_counter()
         try:
-            source.data = read_source(task["source"])
+            budget = task["options"].get("max_pixels", DEFAULT_MAX_PIXELS)
+            source.data = read_source(task["source"], source_limit(budget))
             held += len(source.data)
         except Transient:
             raise

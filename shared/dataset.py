@@ -273,6 +273,12 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
     return text[:limit] if text else type(err).__name__
 
 
+def source_limit(max_pixels: int) -> int:
+    """Bytes a source file may hold under the pixel budget: samples of up to 8 bytes (Double
+    Float Pixel Data) and 64 MiB for the rest of the file (2 GiB + 64 MiB by default)."""
+    return max_pixels * 8 + (64 << 20)
+
+
 def inflate_limit(max_pixels: int) -> int:
     """Bytes a deflated dataset may inflate to under the pixel budget: pixel data of 32-bit
     samples plus 16 MiB for the rest of the dataset (1 GiB + 16 MiB by default)."""

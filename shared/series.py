@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from pydicom.dataset import Dataset
 
-from .dataset import decode_pixels, read_dataset, read_header
+from .dataset import decode_pixels, read_dataset, read_header, source_limit
 from .deid import deidentify
 from .deid.burned_in import mask_regions
 from .digest import sha256
@@ -32,7 +32,7 @@ PDF_NAME, TIFF_NAME, NPY_NAME = "series.pdf", "series.tiff", "series.npy"
 def load_instance(source: str, opts: ConvertOptions) -> tuple[Dataset, np.ndarray]:
     """A source as the chain sees it: de-identified header (without appending to the pseudonym
     map again: the instance pass did) and decoded, masked pixels."""
-    ds = read_dataset(read_source(source), max_pixels=opts.max_pixels)
+    ds = read_dataset(read_source(source, source_limit(opts.max_pixels)), max_pixels=opts.max_pixels)
     mask = ()
     if opts.deid:
         mask = deidentify(ds, dataclasses.replace(opts, pseudonym_map=None)).mask

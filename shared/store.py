@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-from .errors import ConfigError, MissingSourceError, StorageError
+from .errors import ConfigError, MissingSourceError, PixelBudgetError, StorageError
 
 S3_SCHEME = "s3://"
 #: Bytes fetched per ranged GET when reading headers from S3: one request for a typical header.
@@ -468,25 +468,37 @@ def open_source(ref: str) -> BinaryIO:
 _GONE = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def read_source(ref: str) -> bytes:
+def read_source(ref: str, limit: int | None = None) -> bytes:
     """The bytes of one source instance (a local path or ``s3://bucket/key``). A source deleted,
     moved or closed to us since the scan is that instance's MissingSourceError; any other fault
-    of the storage a StorageError, which retries the series."""
+    of the storage a StorageError, which retries the series. With ``limit``, a source larger than
+    that is refused (PixelBudgetError) before it is read into memory: the pixel budget bounds the
+    pixels, not a file's other bytes (a huge private element, a sparse file of 50 GB)."""
     if is_s3(ref):
         bucket, name = split_s3(ref)
         try:
-            return _get(s3_client(), bucket, name, "source")
+            data = _get(s3_client(), bucket, name, "source", 0, limit + 1 if limit else 0)
         except StorageError as err:
             if _is_missing(err):
                 raise MissingSourceError("the source is no longer in its bucket (NoSuchKey)") from err
             raise
+        if limit is not None and len(data) > limit:
+            raise _too_large(f"more than {limit}", limit)
+        return data
     try:
         with open(ref, "rb") as fh:
+            if limit is not None and (size := os.fstat(fh.fileno()).st_size) > limit:
+                raise _too_large(str(size), limit)
             return fh.read()
     except _GONE as err:
         raise MissingSourceError(f"the source cannot be read any more: {err.strerror}") from err
     except OSError as err:
         raise StorageError(f"cannot read source: {err.strerror}") from err
+
+
+def _too_large(size: str, limit: int) -> PixelBudgetError:
+    return PixelBudgetError(f"the source holds {size} bytes, more than a DICOM file within the pixel "
+                            f"budget can ({limit}: DICOMFLEET_MAX_PIXELS samples of 8 bytes and 64 MiB)")
 
 
 def source_fingerprints(refs: Iterable[str]) -> list[str]:

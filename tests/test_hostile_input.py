@@ -436,3 +436,28 @@ def test_a_jp2_wrapped_frame_is_sized_by_the_codestream_the_decoder_reads():
     err_type, reason = refuse(ds)
     assert err_type is InvalidDicomError
     assert "frame 1: the JPEG 2000 codestream declares 16000 × 16000 × 1" in reason
+
+
+def test_a_source_larger_than_the_pixel_budget_allows_is_refused_before_it_is_read(tmp_path):
+    """A 64 × 64 image padded to 64 MiB (or a sparse file of gigabytes): the pixel budget bounds
+    the pixels, not the file; such a file is refused by its size, with its reason, before the
+    read, and the rest of the series converts."""
+    from shared.chain import convert_chunk, instance_task
+    from shared.dataset import source_limit
+
+    small = bundled("CT_small.dcm").read_bytes()
+    budget = 1 << 12
+    big = tmp_path / "big.dcm"
+    big.write_bytes(small)
+    with big.open("r+b") as fh:
+        fh.truncate(source_limit(budget) + 1)  # sparse: costs no disk
+    good = tmp_path / "good.dcm"
+    good.write_bytes(small)
+    opts = ConvertOptions(formats=("png",), deid=False, max_pixels=1 << 16).to_json()
+    opts_small = {**opts, "max_pixels": budget}
+    with peak_allocation() as mem:
+        [refused, converted] = convert_chunk([instance_task(str(big), 1, "st/se", str(tmp_path / "out"), opts_small),
+                                              instance_task(str(good), 2, "st/se", str(tmp_path / "out"), opts)])
+    assert refused["error"]["code"] == "pixel_budget"
+    assert refused["error"]["reason"].startswith(f"the source holds {source_limit(budget) + 1} bytes, more than")
+    assert converted["error"] is None and mem["peak"] < SMALL
