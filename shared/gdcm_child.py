@@ -9,6 +9,7 @@ the design asks for, in a child whose crash costs one instance and yields a reas
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -59,6 +60,12 @@ def _take_gdcm_out_of_process() -> frozenset[str]:
 GDCM_SYNTAXES = _take_gdcm_out_of_process()
 
 
+def _child_env() -> dict[str, str]:
+    """The child's environment: what an interpreter and its libraries need to start, none of the
+    fleet's secrets (keys, passwords), which a decoder of untrusted data has no use for."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DICOMFLEET_") and not k.endswith("_KEY")}
+
+
 class ChildDecodeError(Exception):
     """The child could not decode: its one-line reason."""
 
@@ -72,7 +79,7 @@ def decode_in_child(ds: Dataset, *, timeout: float = _TIMEOUT) -> np.ndarray:
         raise ChildDecodeError(f"gdcm: the dataset cannot be re-encoded for it ({err})") from err
     try:
         run = subprocess.run([sys.executable, "-c", _CHILD], input=buf.getvalue(), capture_output=True,
-                             timeout=timeout, check=False)
+                             timeout=timeout, check=False, env=_child_env())
     except subprocess.TimeoutExpired as err:
         raise ChildDecodeError(f"gdcm: no result within {timeout:g} s") from err
     if run.returncode == 0:

@@ -34,6 +34,16 @@ def _number(name: str, value: str, kind: type) -> int | float:
     return number
 
 
+def _masked(value):
+    """A URL with its password replaced by ***; any other value as it is."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 @dataclass(frozen=True)
 class Settings:
     """The fleet's configuration; field ``x`` is read from ``DICOMFLEET_X`` (upper case)."""
@@ -117,7 +127,7 @@ class Settings:
         """Every variable name, for docs and the Helm chart's tests."""
         return [f"DICOMFLEET_{f.name.upper()}" for f in fields(Settings)]
 
-    def __repr__(self) -> str:  # never print a secret
-        shown = {f.name: ("***" if f.name in self.SECRETS and getattr(self, f.name) else getattr(self, f.name))
+    def __repr__(self) -> str:  # never print a secret, nor a password written into a URL
+        shown = {f.name: ("***" if f.name in self.SECRETS and getattr(self, f.name) else _masked(getattr(self, f.name)))
                  for f in fields(self)}
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"

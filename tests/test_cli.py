@@ -373,3 +373,23 @@ def test_redis_urls_take_the_password_encoded_and_verify_tls(url, password, expe
     assert s.broker == s.backend == expected
     backend = Celery("t", broker=s.broker, backend=s.backend).backend  # raises on a rediss:// URL without it
     assert backend.connparams.get("password") == ((password or None) if "own" not in url else "own")
+
+
+def test_settings_repr_masks_a_password_written_into_a_url():
+    from shared.settings import Settings
+
+    shown = repr(Settings(broker_url="redis://:s3cr3t@r:6379/0", pushgateway_url="http://u:pw@p:9091",
+                          redis_password="x" * 12, s3_secret_key="y" * 12))
+    assert "s3cr3t" not in shown and ":pw@" not in shown and "x" * 12 not in shown and "y" * 12 not in shown
+    assert "redis://:***@r:6379/0" in shown and "http://u:***@p:9091" in shown
+
+
+def test_the_gdcm_child_gets_none_of_the_fleets_secrets(monkeypatch):
+    from shared.gdcm_child import _child_env
+
+    monkeypatch.setenv("DICOMFLEET_DEID_KEY", "k" * 40)
+    monkeypatch.setenv("DICOMFLEET_S3_SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a" * 40)
+    env = _child_env()
+    assert not [k for k in env if k.startswith("DICOMFLEET_") or k.endswith("_KEY")]
+    assert env.get("PATH") == __import__("os").environ.get("PATH")
