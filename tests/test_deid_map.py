@@ -51,6 +51,20 @@ def test_local_key_is_created_once_private_and_reused(tmp_path):
     key_file.chmod(0o640)
     third = _run(tmp_path, "convert", str(src), "--out", str(tmp_path / "c"))
     assert third.returncode == 2 and "readable by other users" in third.stderr
+    # a key linked in from elsewhere (a directory others could write to) is refused, not used
+    key_file.chmod(0o600)
+    planted = tmp_path / "planted.key"
+    planted.write_text("A" * 64 + "\n")
+    planted.chmod(0o600)
+    key_file.unlink()
+    key_file.symlink_to(planted)
+    fourth = _run(tmp_path, "convert", str(src), "--out", str(tmp_path / "d"))
+    assert fourth.returncode == 2 and "is a symbolic link" in fourth.stderr
+    key_file.unlink()
+    key_file.parent.chmod(0o777)
+    fifth = _run(tmp_path, "convert", str(src), "--out", str(tmp_path / "e"))
+    assert fifth.returncode == 2 and "writable by other users" in fifth.stderr
+    key_file.parent.chmod(0o700)
 
 
 def test_explicit_key_wins_and_no_file_is_created(tmp_path):

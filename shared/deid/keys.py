@@ -32,10 +32,10 @@ def ensure_local_secret(name: str, filename: str, make: Callable[[], str], what:
     notice = None
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _check_private(path.parent, directory=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"{path} is readable by other users: run `chmod 600 {path}`") from None
+        _check_private(path, directory=False)
     except OSError as err:
         raise ConfigError(f"cannot create the {what} key file {path} ({err.strerror})") from err
     else:
@@ -44,6 +44,20 @@ def ensure_local_secret(name: str, filename: str, make: Callable[[], str], what:
         notice = f"created a new {what} key in {path} (mode 0600): keep it {why}"
     os.environ[f"{ENV_PREFIX}{name}_FILE"] = str(path)
     return notice
+
+
+def _check_private(path: Path, *, directory: bool) -> None:
+    """The key file, or its directory, must be this user's own, not a symlink, and closed to others
+    (a directory others may write to could have had a planted key linked in)."""
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{path} is a symbolic link: a key file and its directory must be real")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"{path} belongs to another user (uid {st.st_uid})")
+    if directory and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path} is writable by other users: run `chmod go-w {path}`")
+    if not directory and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path} is readable by other users: run `chmod 600 {path}`")
 
 
 def use_local_secret(name: str, filename: str) -> None:
