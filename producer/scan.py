@@ -56,8 +56,17 @@ class SkipReason(str):
         return SkipReason, (str(self), self.code)
 
 
+def _listed(path: str) -> bool:
+    """A regular file, or a link that leads nowhere (a dangling or looping one, which the scan then
+    skips as unreadable, with its reason); not a FIFO, socket or device, whose read would wait
+    for a writer or never end."""
+    return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
+
+
 def iter_files(sources: Iterable[str]) -> Iterator[str]:
-    """Every regular file (or S3 object under an ``s3://`` prefix) in the sources, in a stable order."""
+    """Every regular file (or S3 object under an ``s3://`` prefix) in the sources, in a stable
+    order; FIFOs, sockets and devices are passed over. FileNotFoundError for a source that is not
+    there at all."""
     for src in sources:
         if is_s3(src):
             yield from iter_sources(src)
@@ -65,10 +74,11 @@ def iter_files(sources: Iterable[str]) -> Iterator[str]:
             for root, dirs, files in os.walk(src):
                 dirs.sort()
                 for name in sorted(files):
-                    yield os.path.join(root, name)
-        elif os.path.isfile(src):
+                    if _listed(path := os.path.join(root, name)):
+                        yield path
+        elif _listed(src):
             yield src
-        else:
+        elif not os.path.exists(src):
             raise FileNotFoundError(src)
 
 

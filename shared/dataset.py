@@ -386,13 +386,19 @@ def read_header(fp: BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Datase
         try:
             ds = _parse_header(buf, head)
         except (NotDicomError, InvalidDicomError):
-            if whole:  # the whole file was parsed: the reason stands
-                raise
+            if whole or not _may_be_dicom(head):  # the whole file parsed, or it cannot be DICOM:
+                raise  # the reason stands (a forced parse of gigabytes of zeros took hours)
         else:
             if whole or head[buf.tell():buf.tell() + 4] in _PIXEL_TAG_BYTES:
                 return ds
     fp.seek(start)
     return _parse_header(_NoOverread(fp, inflate_limit(max_pixels)))
+
+
+def _may_be_dicom(head: bytes) -> bool:
+    """Whether a file whose first bytes did not parse may still be DICOM read further: a DICM
+    preamble, or a raw dataset starting in group 0002 or 0008 (as `_plausible` asks)."""
+    return head[128:132] == b"DICM" or head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
 _MEDIA_STORAGE_SOP_CLASS = 0x00020002

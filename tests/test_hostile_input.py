@@ -461,3 +461,82 @@ def test_a_source_larger_than_the_pixel_budget_allows_is_refused_before_it_is_re
     assert refused["error"]["code"] == "pixel_budget"
     assert refused["error"]["reason"].startswith(f"the source holds {source_limit(budget) + 1} bytes, more than")
     assert converted["error"] is None and mem["peak"] < SMALL
+
+
+def test_special_files_among_the_sources_neither_hang_nor_stop_the_run(tmp_path):
+    """A FIFO (a read would wait for a writer for ever), a device, a dangling and a looping link
+    beside a good file: the run ends, the good file converts, the links are skipped as unreadable
+    (exit 1: a file could not be read) and the FIFO and device are passed over, with one worker
+    or the default count."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.dcm").write_bytes(bundled("CT_small.dcm").read_bytes())
+    os.mkfifo(src / "pipe.dcm")
+    (src / "zero.dcm").symlink_to("/dev/zero")
+    (src / "dangling.dcm").symlink_to(src / "gone.dcm")
+    (src / "loop-a").symlink_to(src / "loop-b")
+    (src / "loop-b").symlink_to(src / "loop-a")
+    for workers in ("1", "0"):
+        run = subprocess.run([sys.executable, "-c", "from producer.cli import main; main()", "convert", str(src),
+                              "--out", str(tmp_path / f"out{workers}"), "--no-deid", "--workers", workers],
+                             capture_output=True, text=True, timeout=120)
+        said = run.stdout + run.stderr
+        assert run.returncode == 1, said
+        assert "1 converted" in said and "skipped 1 file(s): unreadable (No such file or directory)" in said
+        assert "skipped 2 file(s): unreadable (Too many levels of symbolic links)" in said, said
+
+
+def test_a_large_file_that_is_not_dicom_is_judged_by_its_first_bytes(tmp_path):
+    """64 MiB of zeros: pydicom's forced parse read it 8 bytes at a time to its end (28 s; hours
+    for a sparse file of gigabytes). A file that cannot be DICOM (no DICM preamble, no raw
+    dataset start) is refused on its first HEADER_PREFIX bytes."""
+    import io
+
+    from shared.dataset import HEADER_PREFIX, read_header
+    from shared.errors import NotDicomError
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, n=-1):
+            data = super().read(n)
+            Counting.read_bytes += len(data)
+            return data
+
+    with pytest.raises(NotDicomError):
+        read_header(Counting(bytes(64 << 20)))
+    assert Counting.read_bytes <= HEADER_PREFIX
+
+
+def test_sigterm_stops_a_pooled_run_with_its_processes_and_temp_files(tmp_path):
+    """SIGTERM to `convert --workers 2` (a scheduler stopping it): it says so in one line and exits
+    143; the pool's processes go with it (they were left blocked for ever) and no temp file stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .synthetic import write_series
+
+    write_series(tmp_path / "in", slices=160, size=256, seed=5)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", "from producer.cli import main; main()", "convert",
+                             str(tmp_path / "in"), "--out", str(out), "--no-deid", "--workers", "2",
+                             "-f", "png", "-f", "jpeg"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(out.rglob("*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    assert children  # the pool is running
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "stopped interrupted: a series without its manifest.json is incomplete" in stderr
+    time.sleep(0.5)
+    assert [p for p in children if os.path.exists(f"/proc/{p}")] == []
+    assert not list(out.rglob(".tmp-*")) and not list(out.rglob("manifest.json"))
