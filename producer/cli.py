@@ -6,6 +6,7 @@ work (typer coerced each option through pydantic, ~0.1 s a run). Each command im
 needs; rich is loaded only when stderr is a terminal (the progress bar, the coloured labels)."""
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from functools import cache
@@ -222,8 +223,14 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
         raise _usage(str(e)) from e
     silence_in_this_process()  # decoders' own stderr (a Rust panic's text): the reasons say it
     bar = _Bar() if sys.stderr.isatty() else None
+    signal.signal(signal.SIGTERM, _terminated)  # stopped like Ctrl-C: temp files go, the pool ends
     try:
         summary = run_local(list(sources), out, opts, workers=workers, progress=bar)
+    except (KeyboardInterrupt, _Terminated) as e:
+        code = 143 if isinstance(e, _Terminated) else 130
+        _say("interrupted: a series without its manifest.json is incomplete; run again to finish it",
+             "stopped", "yellow")
+        raise Exit(code) from None
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e
     except StorageError as e:  # an s3:// source or target that cannot be reached
@@ -235,6 +242,14 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
     _ended["convert"] = True  # everything it wrote is closed: main may skip the teardown
     failed = summary.failures or summary.series_failures or unreadable(summary.skipped)
     raise Exit(1 if failed else 3 if summary.below_threshold else 0)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that a run unwinds as from Ctrl-C."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _prepare_deid(opts: ConvertOptions) -> None:

@@ -106,7 +106,9 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor  # multiprocessing: only for a pool
 
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            from shared.runtime import pool_child_init
+
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, initializer=pool_child_init))
             map_fn, series_map = pool_map(pool, workers), pool.map
         # headers are read over the pool too (local files: S3 clients are not shared across fork)
         found = scan(sources, max_pixels=opts.max_pixels, map_fn=map_fn if local else map,

@@ -375,15 +375,18 @@ def convert_series(job: SeriesJob, *, map_fn: Callable[[Callable, Iterable], Ite
 
     ``map_fn`` maps `convert_chunk` over chunks of instances (sized for ``processes``), one chunk
     per call: each chunk's outputs are durable when its records come back, so the manifest written
-    after the last one only lists what the store holds.
+    after the last one only lists what the store holds. An earlier run's manifest is removed
+    first: a run stopped while it rewrites the outputs leaves no manifest that no longer
+    describes them (other options, another window).
     """
+    store: Store = open_store(job.dest)
+    store.delete(manifest_key(job.prefix))
     records = []
     for chunk in map_fn(convert_chunk, chunked(job.tasks(), processes)):
         for record in chunk:
             if on_record:
                 on_record(record)
             records.append(without_timings(record))  # held until the manifest: kept small
-    store: Store = open_store(job.dest)
     series = None
     if job.options.series_outputs:  # pdf, stacks, QA sheets: after the instances (shared/series.py)
         from .series import series_outputs

@@ -235,6 +235,20 @@ def load_pixel_plugins() -> None:
         _plugins["deferred"] = False
 
 
+def pool_child_init() -> None:
+    """Pool processes die with the process that started them and leave signals to it: killed
+    or stopped, it takes them along (PR_SET_PDEATHSIG), where they were left blocked for ever."""
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such call
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, as a container's cpuset limits it)."""
     if hasattr(os, "sched_getaffinity"):

@@ -90,15 +90,15 @@ class LocalStore:
         tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}")
         self._check_inside(path.parent)  # realpath resolves the ancestors that exist already
         try:
-            try:
-                fd = _create(tmp)
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = _create(tmp)
-            except FileExistsError:
-                tmp.unlink()
-                fd = _create(tmp)
-            try:
+            try:  # from the temp file's creation on, any way out (Ctrl-C included) removes it
+                try:
+                    fd = _create(tmp)
+                except FileNotFoundError:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = _create(tmp)
+                except FileExistsError:
+                    tmp.unlink()
+                    fd = _create(tmp)
                 with open(fd, "wb") as fh:
                     fh.write(data)
                 os.replace(tmp, path)  # a link at ``path`` is replaced itself, not followed

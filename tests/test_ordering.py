@@ -197,3 +197,26 @@ def test_uids_that_are_not_uids_name_no_directory(tmp_path):
     assert all(re.fullmatch(r"[0-9.]+/[0-9.]+", d) for d in dirs) and len(dirs) == 3
     everything = b"".join(p.read_bytes() for p in dest.rglob("*") if p.is_file())
     assert b"DOE" not in everything and b"escape" not in everything and not (tmp_path / "escape").exists()
+
+
+def test_a_rerun_stopped_midway_leaves_no_manifest_that_no_longer_matches(tmp_path, monkeypatch):
+    """The earlier run's manifest goes before outputs are rewritten: a re-run with other options
+    stopped after its first chunk leaves the series without a manifest (incomplete, as the
+    README says), not with one whose hashes describe the earlier files."""
+    import shared.chain as chain
+
+    paths = write_series(tmp_path / "in", slices=6, size=16, seed=21)
+    dest = tmp_path / "out"
+    run_local([str(tmp_path / "in")], str(dest), ConvertOptions(formats=("png",), deid=False))
+    folder, _ = the_manifest(dest)
+    real = chain.convert_chunk
+
+    def stopped(tasks):
+        real(tasks)
+        raise KeyboardInterrupt  # Ctrl-C after the first chunk's outputs are rewritten
+
+    monkeypatch.setattr(chain, "chunk_size", lambda n, processes: 2)
+    monkeypatch.setattr(chain, "convert_chunk", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_local([str(tmp_path / "in")], str(dest), ConvertOptions(formats=("png",), deid=False, window="lung"))
+    assert not (folder / "manifest.json").exists() and len(paths) == 6

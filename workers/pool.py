@@ -2,7 +2,6 @@
 `convert` spreads it, with the soft-shutdown deadline checked while results come back."""
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import time
@@ -11,6 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
+
+from shared.runtime import pool_child_init
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,18 +35,6 @@ def request_shutdown(timeout: float) -> None:
         _deadline = time.monotonic() + max(0.0, timeout)
 
 
-def _child_init() -> None:
-    """Pool processes die with their worker and leave signals to it."""
-    if hasattr(ctypes, "CDLL"):
-        try:  # PR_SET_PDEATHSIG: no orphan keeps converting after its worker was killed
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-
-
 class InstancePool:
     """A lazily started process pool, restarted after a crash."""
 
@@ -55,7 +44,7 @@ class InstancePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.processes, initializer=_child_init)
+            self._executor = ProcessPoolExecutor(self.processes, initializer=pool_child_init)
         return self._executor
 
     def pids(self) -> list[int]:
