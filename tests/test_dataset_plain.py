@@ -166,3 +166,32 @@ def test_put_and_drop_element_leave_what_pydicoms_setitem_and_delitem_leave():
     assert 0x00100010 not in ds and 0x00710010 not in ds and block.block_start == 0x1000
     with pytest.raises(KeyError):
         ds.private_block(0x0071, "ACME")
+
+
+def test_text_value_reads_what_pydicom_converts():
+    """`text_value` reads a still-raw element without storing it: the same text as pydicom's
+    own access gives, over pydicom's small test files (character sets, implicit VR, big endian)."""
+    import os
+    from pathlib import Path
+
+    from shared.attributes import tag_of
+    from shared.dataset import read_dataset, text_value
+
+    keywords = ("PatientID", "PatientName", "Modality", "SOPClassUID", "StudyInstanceUID",
+                "BurnedInAnnotation", "IssuerOfPatientID", "PatientBirthDate")
+    checked = dict.fromkeys(keywords, 0)
+    for path in sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm")):
+        if os.path.getsize(path) > 64 * 1024:
+            continue
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:
+            ours, theirs = read_dataset(data), pydicom.dcmread(path, force=True)
+        except Exception:  # noqa: BLE001 - files our reader refuses are another test's business
+            continue
+        for keyword in keywords:
+            tag = tag_of(keyword)
+            expected = str(theirs[tag].value or "").strip() if tag in theirs else ""
+            assert text_value(ours, tag) == expected, (path, keyword)
+            checked[keyword] += tag in theirs
+    assert min(checked[k] for k in ("PatientID", "PatientName", "Modality", "SOPClassUID")) > 20, checked
