@@ -105,8 +105,12 @@ def test_map_is_encrypted_answers_access_and_forgets_one_patient(tmp_path):
     assert -3652 <= patient["date_shift_days"] <= -1
 
     # right to erasure, naming the patient by the pseudonymous study folder they see in the output
+    beside = map_file.with_name(map_file.name + ".tmp")
+    beside.symlink_to(tmp_path / "victim")  # the fixed temp name of before: now not written through
     forget = _run(tmp_path, "pseudonym-map", "forget", str(map_file), study, **env)
     assert forget.returncode == 0 and "of 1 patient(s)" in forget.stderr
+    assert not (tmp_path / "victim").exists() and stat.S_IMODE(map_file.stat().st_mode) == 0o600
+    assert not list(map_file.parent.glob(".forget-*"))
     left = PseudonymMap(str(map_file))
     os.environ["DICOMFLEET_PSEUDONYM_MAP_KEY"] = map_key
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -137,17 +138,30 @@ class PseudonymMap:
             decoded = [(line, self._decrypt(line)) for line in lines]
             patients = {e.patient for _, e in decoded if e.matches(value)}
             kept = [line for line, e in decoded if e.patient not in patients]
-            tmp = self.path + ".tmp"
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = None
+            try:  # a new file of a random name beside the map (never a planted link), 0600
+                fd, tmp = tempfile.mkstemp(prefix=".forget-", dir=os.path.dirname(os.path.abspath(self.path)))
                 with os.fdopen(fd, "wb") as fh:
                     fh.writelines(line + b"\n" for line in kept)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)
+                tmp = None
+                _fsync_directory(self.path)  # the rename itself survives a power cut
             except OSError as err:
                 raise StorageError(f"cannot rewrite the pseudonym map ({err.strerror})") from err
+            finally:
+                if tmp is not None:
+                    os.unlink(tmp)
         return len(lines) - len(kept), len(patients)
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @lru_cache(maxsize=8)
