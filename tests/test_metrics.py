@@ -237,3 +237,18 @@ def test_worker_shard_directory_is_private_and_emptied(tmp_path):
     assert Path(own).parent == base and Path(own).name.startswith("worker-")
     assert "counter_" in files and "histogram_" in files
     assert not stale.exists() and not Path(own).exists()  # removed at exit by its owner
+
+
+def test_the_default_shard_directory_is_this_users_own(tmp_path, monkeypatch):
+    """Without PROMETHEUS_MULTIPROC_DIR the shards go to a per-user directory in the temp dir; one
+    of that name that another user could have made (open to others) is not used."""
+    from workers.metrics import _own_directory
+
+    mine = _own_directory(tmp_path / "m")
+    assert mine == tmp_path / "m" and (mine.stat().st_mode & 0o777) == 0o700
+    assert _own_directory(tmp_path / "m") == mine  # the same next time
+    shared = tmp_path / "open"
+    shared.mkdir()
+    shared.chmod(0o777)
+    other = _own_directory(shared)
+    assert other != shared and (other.stat().st_mode & 0o077) == 0

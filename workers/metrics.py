@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -250,7 +251,7 @@ def use_worker_dir() -> Path:
         base = base.parent
     if str(base) in _private:  # nothing configured: a stable place, so a killed worker's shards get swept
         shutil.rmtree(base, ignore_errors=True)
-        base = Path(tempfile.gettempdir()) / "dicomfleet-metrics"
+        base = _own_directory(Path(tempfile.gettempdir()) / f"dicomfleet-metrics-{os.getuid()}")
     for old in base.glob("worker-*"):
         pid = old.name.removeprefix("worker-")
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
@@ -262,6 +263,19 @@ def use_worker_dir() -> Path:
     owner = os.getpid()
     atexit.register(lambda: os.getpid() == owner and shutil.rmtree(own, ignore_errors=True))
     return own
+
+
+def _own_directory(path: Path) -> Path:
+    """``path``, made 0700 if missing; where it exists but is not this user's own real directory
+    closed to others (another user made it first, in a shared /tmp: their shards would be merged
+    into this worker's /metrics), a fresh private directory instead."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        st = path.lstat()
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077):
+            return Path(tempfile.mkdtemp(prefix="dicomfleet-metrics-"))
+    return path
 
 
 def mark_process_dead(pid: int) -> None:
