@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from shared.chain import SeriesJob, convert_series
 from shared.options import ConvertOptions
+from shared.errors import StorageError
 from shared.store import is_s3
 
 from .scan import Series, path_uid, scan, unique_files
@@ -134,7 +135,12 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
                 if progress is not None:
                     progress.advance()
 
-            manifest = convert_series(job, map_fn=series_map, processes=workers, on_record=on_record)
+            try:
+                manifest = convert_series(job, map_fn=series_map, processes=workers, on_record=on_record)
+            except StorageError as err:  # the destination failed mid-run (full, gone read-only)
+                summary.seconds = time.perf_counter() - started
+                err.partial = summary  # what was done before, for the caller to report
+                raise
             summary.series_failures += [(prefix, e["output"], e["reason"]) for e in manifest.get("series_errors", [])]
             summary.series += 1
     summary.seconds = time.perf_counter() - started

@@ -168,6 +168,7 @@ def test_put_and_drop_element_leave_what_pydicoms_setitem_and_delitem_leave():
         ds.private_block(0x0071, "ACME")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's on the odd test file
 def test_text_value_reads_what_pydicom_converts():
     """`text_value` reads a still-raw element without storing it: the same text as pydicom's
     own access gives, over pydicom's small test files (character sets, implicit VR, big endian)."""

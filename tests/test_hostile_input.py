@@ -540,3 +540,31 @@ def test_sigterm_stops_a_pooled_run_with_its_processes_and_temp_files(tmp_path):
     time.sleep(0.5)
     assert [p for p in children if os.path.exists(f"/proc/{p}")] == []
     assert not list(out.rglob(".tmp-*")) and not list(out.rglob("manifest.json"))
+
+
+def test_a_destination_that_fills_up_midway_reports_what_was_done_and_exits_1(tmp_path, monkeypatch):
+    """ENOSPC after a few outputs: the summary of what was converted, then one line naming the
+    failure and that the series in hand has no manifest; exit 1, not the usage error's 2."""
+    from shared import store as store_module
+    from shared.errors import StorageError
+
+    from .synthetic import write_series
+
+    write_series(tmp_path / "in", slices=6, size=16, seed=22)
+    real, writes = store_module.LocalStore.write, []
+
+    def filling(self, key, data):
+        writes.append(key)
+        if len(writes) > 4:
+            raise StorageError(f"cannot write {key}: No space left on device")
+        real(self, key, data)
+
+    monkeypatch.setattr(store_module.LocalStore, "write", filling)
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                      "--no-deid", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("0 series, ")
+    assert lines[-1].startswith("failed cannot write ") and lines[-1].endswith(
+        "No space left on device: the series in hand has no manifest; free the destination and run again")
+    assert not list((tmp_path / "out").rglob("manifest.json"))
