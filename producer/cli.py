@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 from click.exceptions import Exit
 
-from shared.errors import ConfigError, DicomfleetError, StorageError
+from shared.errors import ConfigError, DicomfleetError
 from shared.options import DEFAULT_MAX_PIXELS, ConvertOptions, Format
 
 if TYPE_CHECKING:
@@ -233,12 +233,12 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
         raise Exit(code) from None
     except FileNotFoundError as e:
         raise _usage(f"no such file or directory: {e.args[0]}") from e
-    except StorageError as e:
+    except DicomfleetError as e:
         partial = getattr(e, "partial", None)
         if partial is None:  # an s3:// source or target that cannot be reached: nothing done
             raise _usage(str(e)) from e
         print_summary(partial)  # the series done before the destination failed keep their manifests
-        _say(f"{e}: the series in hand has no manifest; free the destination and run again", "failed")
+        _say(f"{e}: the series in hand has no manifest; mend the destination and run again", "failed")
         raise Exit(1) from e
     finally:
         if bar:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from shared.chain import SeriesJob, convert_series
 from shared.options import ConvertOptions
-from shared.errors import StorageError
+from shared.errors import DicomfleetError
 from shared.store import is_s3
 
 from .scan import Series, path_uid, scan, unique_files
@@ -137,7 +137,7 @@ def run_local(sources: list[str], dest: str, opts: ConvertOptions, *, workers: i
 
             try:
                 manifest = convert_series(job, map_fn=series_map, processes=workers, on_record=on_record)
-            except StorageError as err:  # the destination failed mid-run (full, gone read-only)
+            except DicomfleetError as err:  # the destination failed mid-run (full, read-only, a link out)
                 summary.seconds = time.perf_counter() - started
                 err.partial = summary  # what was done before, for the caller to report
                 raise

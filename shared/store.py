@@ -122,8 +122,10 @@ class LocalStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        self._check_inside(path.parent)  # no deleting through a planted link either
         try:
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as err:
             raise StorageError(f"cannot delete {key}: {err.strerror}") from err
 

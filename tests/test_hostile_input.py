@@ -566,5 +566,5 @@ def test_a_destination_that_fills_up_midway_reports_what_was_done_and_exits_1(tm
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("0 series, ")
     assert lines[-1].startswith("failed cannot write ") and lines[-1].endswith(
-        "No space left on device: the series in hand has no manifest; free the destination and run again")
+        "No space left on device: the series in hand has no manifest; mend the destination and run again")
     assert not list((tmp_path / "out").rglob("manifest.json"))

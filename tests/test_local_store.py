@@ -98,3 +98,27 @@ def test_writes_follow_no_symlink_planted_in_the_destination(tmp_path):
     with pytest.raises(ConfigError, match="resolves outside the destination"):
         store.write("st/away/manifest.json", b"{}")
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+
+
+def test_a_symlinked_series_folder_ends_a_local_run_with_a_reason_not_a_traceback(tmp_path):
+    """The series' folder in the destination links outside it: the run deletes nothing there (an
+    earlier manifest is removed before a series is rewritten), writes nothing, and says why."""
+    from click.testing import CliRunner
+
+    from producer.cli import app
+    from tests.synthetic import write_series
+
+    paths = write_series(tmp_path / "in", slices=2, size=16, seed=23)
+    ds = __import__("pydicom").dcmread(paths[0])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "manifest.json").write_text("theirs")
+    dest = tmp_path / "out" / ds.StudyInstanceUID
+    dest.mkdir(parents=True)
+    (dest / ds.SeriesInstanceUID).symlink_to(outside)
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                      "--no-deid", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert "resolves outside the destination (a symlink)" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in outside.iterdir()) == ["manifest.json"]
+    assert (outside / "manifest.json").read_text() == "theirs"
