@@ -223,7 +223,7 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
         raise _usage(str(e)) from e
     silence_in_this_process()  # decoders' own stderr (a Rust panic's text): the reasons say it
     bar = _Bar() if sys.stderr.isatty() else None
-    signal.signal(signal.SIGTERM, _terminated)  # stopped like Ctrl-C: temp files go, the pool ends
+    default_term = signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: temp files go, the pool ends
     try:
         summary = run_local(list(sources), out, opts, workers=workers, progress=bar)
     except (KeyboardInterrupt, _Terminated) as e:
@@ -241,6 +241,7 @@ def convert(sources: tuple[str, ...], out: str, workers: int, pseudonym_map: str
         _say(f"{e}: the series in hand has no manifest; mend the destination and run again", "failed")
         raise Exit(1) from e
     finally:
+        signal.signal(signal.SIGTERM, default_term)  # the summary and the exit are not interrupted
         if bar:
             bar.stop()
     print_summary(summary)

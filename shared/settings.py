@@ -5,6 +5,7 @@ The Helm chart, the docs and the CLI use exactly these names. Secrets (the S3 ke
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -34,14 +35,14 @@ def _number(name: str, value: str, kind: type) -> int | float:
     return number
 
 
+#: the password of a URL's user part, up to the last '@' before the host: on the raw text, as a
+#: password pasted unencoded may hold '/', '#' or '?', where a URL parser ends the user part early
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
 def _masked(value):
     """A URL with its password replaced by ***; any other value as it is."""
-    if not isinstance(value, str) or "@" not in value:
-        return value
-    parts = urlsplit(value)
-    if parts.password is None:
-        return value
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
+    return _URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,16 @@ class Settings:
         '@', '/' or '#'), where it has none; a ``rediss://`` URL verifies the server's certificate
         (``ssl_cert_reqs=required``, which Celery's backend insists be said) unless it says otherwise."""
         parts = urlsplit(url)
-        if self.redis_password and parts.password is None and parts.hostname:
-            netloc = f":{quote(self.redis_password, safe='')}@{parts.netloc.rpartition('@')[2]}"
-            parts = parts._replace(netloc=netloc)
+        if not parts.hostname:  # a unix socket (unix://, redis+socket://): left exactly as written
+            return url
+        changed = parts
+        if self.redis_password and parts.password is None:  # an ACL user's name is kept
+            user = quote(parts.username, safe="") if parts.username else ""
+            changed = changed._replace(
+                netloc=f"{user}:{quote(self.redis_password, safe='')}@{parts.netloc.rpartition('@')[2]}")
         if parts.scheme == "rediss" and "ssl_cert_reqs" not in parts.query:
-            parts = parts._replace(query="&".join(filter(None, (parts.query, "ssl_cert_reqs=required"))))
-        return urlunsplit(parts)
+            changed = changed._replace(query="&".join(filter(None, (parts.query, "ssl_cert_reqs=required"))))
+        return url if changed == parts else urlunsplit(changed)
 
     @staticmethod
     def env_names() -> list[str]:

@@ -489,13 +489,29 @@ def read_source(ref: str, limit: int | None = None) -> bytes:
         return data
     try:
         with open(ref, "rb") as fh:
-            if limit is not None and (size := os.fstat(fh.fileno()).st_size) > limit:
+            if limit is None:
+                return fh.read()
+            if (size := os.fstat(fh.fileno()).st_size) > limit:
                 raise _too_large(str(size), limit)
-            return fh.read()
+            data = fh.read(size + 1)  # read(n) allocates n at once: the size, not the limit
+            if len(data) > size:  # a file that grew since, or one that reports no size
+                data += _read_at_most(fh, limit + 1 - len(data))
+                if len(data) > limit:
+                    raise _too_large(f"more than {limit}", limit)
+            return data
     except _GONE as err:
         raise MissingSourceError(f"the source cannot be read any more: {err.strerror}") from err
     except OSError as err:
         raise StorageError(f"cannot read source: {err.strerror}") from err
+
+
+def _read_at_most(fh, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fh`` a MiB at a time (never an ``n``-byte buffer up front)."""
+    parts, left = [], n
+    while left > 0 and (part := fh.read(min(left, 1 << 20))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _too_large(size: str, limit: int) -> PixelBudgetError:

@@ -361,6 +361,7 @@ def test_status_exits_as_convert_does(counts, instances_failed, below, code):
     ("redis://r:6379/0", "p@ss/w#rd:1", "redis://:p%40ss%2Fw%23rd%3A1@r:6379/0"),
     ("rediss://r:6380/2", "pw", "rediss://:pw@r:6380/2?ssl_cert_reqs=required"),
     ("rediss://:own@r:6380/2?ssl_cert_reqs=none", "pw", "rediss://:own@r:6380/2?ssl_cert_reqs=none"),
+    ("redis://alice@r:6379/0", "pw", "redis://alice:pw@r:6379/0"),  # an ACL user keeps its name
 ])
 def test_redis_urls_take_the_password_encoded_and_verify_tls(url, password, expected):
     """The Redis password (a mounted file) goes into the URLs percent-encoded; a TLS URL says
@@ -375,12 +376,21 @@ def test_redis_urls_take_the_password_encoded_and_verify_tls(url, password, expe
     assert backend.connparams.get("password") == ((password or None) if "own" not in url else "own")
 
 
+@pytest.mark.parametrize("url", ["unix:///var/run/redis.sock?db=0", "redis+socket:///var/run/redis.sock"])
+def test_a_unix_socket_redis_url_is_left_exactly_as_written(url):
+    from shared.settings import Settings
+
+    assert Settings(broker_url=url).broker == url and Settings(broker_url=url, redis_password="p").broker == url
+
+
 def test_settings_repr_masks_a_password_written_into_a_url():
     from shared.settings import Settings
 
     shown = repr(Settings(broker_url="redis://:s3cr3t@r:6379/0", pushgateway_url="http://u:pw@p:9091",
+                          result_backend="redis://:pa/ss#w?d@h:1/0",  # a token pasted unencoded
                           redis_password="x" * 12, s3_secret_key="y" * 12))
     assert "s3cr3t" not in shown and ":pw@" not in shown and "x" * 12 not in shown and "y" * 12 not in shown
+    assert "pa/ss" not in shown and "redis://:***@h:1/0" in shown
     assert "redis://:***@r:6379/0" in shown and "http://u:***@p:9091" in shown
 
 
